@@ -1,0 +1,1 @@
+"""HTTP service: model registry, versioned predictions and pruning jobs."""

@@ -1,0 +1,80 @@
+"""The one settings class shared by the API, the CLI and the workers (env prefix ``SPECTRAL_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPECTRAL_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("./spectral-data"),
+        description="Directory holding the SQLite registry, artifacts, datasets and the embedded broker.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the registry database. Default: SQLite under data_dir.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL, e.g. redis://127.0.0.1:6379/0. Default: an embedded "
+        "SQLite broker under data_dir that needs no server.",
+    )
+    host: str = Field(default="127.0.0.1", description="Interface the API binds to.")
+    port: int = Field(default=8000, description="Port the API listens on.")
+    api_workers: int = Field(default=1, description="Number of uvicorn worker processes.")
+    max_upload_mb: float = Field(default=200.0, description="Largest accepted upload, in MiB.")
+    max_batch: int = Field(default=1024, description="Largest batch accepted by predict.")
+    model_cache_size: int = Field(
+        default=8, description="How many loaded model versions the predict cache keeps."
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token required for writes when set."
+    )
+    protect_reads: bool = Field(
+        default=False, description="Also require the bearer token for reads."
+    )
+    default_queue: str = Field(default="spectral", description="Celery queue for pruning jobs.")
+    queue_routes: dict[str, str] = Field(
+        default_factory=dict,
+        description='Per-method queue overrides, e.g. {"metric": "gpu", "pretrain": "gpu"} '
+        "(JSON in SPECTRAL_QUEUE_ROUTES).",
+    )
+    job_soft_time_limit_s: int = Field(
+        default=1800, description="Soft time limit of a pruning job, in seconds."
+    )
+    job_time_limit_s: int = Field(
+        default=1900, description="Hard time limit of a pruning job, in seconds."
+    )
+    job_max_attempts: int = Field(
+        default=3, description="How many times a job may start before it is marked failed."
+    )
+    embedded_worker: bool = Field(
+        default=True, description="`spectral serve` also starts one worker process."
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'registry.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
