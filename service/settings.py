@@ -57,6 +57,21 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(
         default=True, description="`spectral serve` also starts one worker process."
     )
+    broker_polling_interval_s: float = Field(
+        default=0.1,
+        description="How often a worker polls the embedded SQLite broker for new jobs, in seconds.",
+    )
+    job_heartbeat_s: float = Field(
+        default=5.0, description="How often a running job records that it is alive, in seconds."
+    )
+    job_lease_s: float = Field(
+        default=60.0,
+        description="A running job whose last heartbeat is older than this is considered lost "
+        "and is re-queued (or failed once job_max_attempts is reached), in seconds.",
+    )
+    max_dataset_mb: float = Field(
+        default=200.0, description="Largest accepted dataset upload (.npz), in MiB."
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -73,6 +88,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_dataset_bytes(self) -> int:
+        return int(self.max_dataset_mb * 1024 * 1024)
 
 
 @lru_cache
