@@ -1,0 +1,19 @@
+"""Spectral training and physical pruning of fully connected Keras 3 networks."""
+
+from spectral.layer import Spectral
+from spectral.pipeline import eigenvalue_pretraining
+from spectral.plots import plot_eigenvalues, plot_metric_curve
+from spectral.pruning import metric_based_pruning, prune, prune_percentile
+from spectral.report import PruningReport, PruningResult
+
+__all__ = [
+    "PruningReport",
+    "PruningResult",
+    "Spectral",
+    "eigenvalue_pretraining",
+    "metric_based_pruning",
+    "plot_eigenvalues",
+    "plot_metric_curve",
+    "prune",
+    "prune_percentile",
+]

@@ -1,0 +1,154 @@
+"""Physical pruning: rebuild a model with removed nodes sliced out of every weight they touch.
+
+Given a `Plan` from `spectral.graph.Planner`, `compact_model` clones the model (nested models
+included) with smaller Spectral layers, slices the rows of every consumer (Spectral, Dense,
+BatchNormalization), and folds the constant output of removed nodes into the consumer's bias, so
+the compact model computes exactly what the masked model computes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+import numpy as np
+
+from spectral.graph import Features, LayerPlan, Plan
+from spectral.layer import Spectral
+
+logger = logging.getLogger(__name__)
+
+
+def _weights_by_name(layer: Any) -> dict[str, np.ndarray]:
+    return {v.name: np.array(keras.ops.convert_to_numpy(v)) for v in layer.weights}
+
+
+def _removed_rows(feat: Features, dim: int) -> np.ndarray:
+    assert feat.kept is not None
+    removed = np.ones(dim, dtype=bool)
+    removed[feat.kept] = False
+    return np.flatnonzero(removed)
+
+
+def _fold(feat: Features | None, kernel: np.ndarray) -> np.ndarray | None:
+    """Bias change that replaces the removed input rows of `kernel` (None if nothing to fold)."""
+    if feat is None or not feat.pruned:
+        return None
+    assert feat.const is not None
+    rows = _removed_rows(feat, kernel.shape[0])
+    fold = feat.const[rows].astype(np.float64) @ kernel[rows].astype(np.float64)
+    return fold if np.any(fold != 0.0) else None
+
+
+def needs_bias(layer: Any, plan: LayerPlan | None) -> bool:
+    """Whether folding removed inputs into `layer` needs a bias the layer lacks."""
+    if plan is None or not plan.inputs or getattr(layer, "use_bias", True):
+        return False
+    if isinstance(layer, Spectral):
+        kernel = np.array(keras.ops.convert_to_numpy(layer.kernel))
+    elif type(layer) is keras.layers.Dense:
+        kernel = np.array(keras.ops.convert_to_numpy(layer.kernel))
+    else:
+        return False
+    return _fold(plan.inputs[0], kernel) is not None
+
+
+def _spectral_weights(layer: Spectral, plan: LayerPlan, new_use_bias: bool) -> dict[str, Any]:
+    w = _weights_by_name(layer)
+    base, diag_start, diag_end = w["base"], w["diag_start"], w["diag_end"]
+    bias = w.get("bias", np.zeros(layer.units, dtype=base.dtype))
+    feat = plan.inputs[0] if plan.inputs else None
+    fold = _fold(feat, base * (diag_start - diag_end))
+    if fold is not None:
+        bias = (bias.astype(np.float64) + fold).astype(base.dtype)
+    if feat is not None and feat.kept is not None:
+        base, diag_start = base[feat.kept], diag_start[feat.kept]
+    if plan.mask is not None:
+        zero = np.setdiff1d(np.arange(layer.units), plan.mask)
+        base, diag_end, bias = base.copy(), diag_end.copy(), bias.copy()
+        base[:, zero] = 0.0
+        diag_end[:, zero] = 0.0
+        bias[zero] = 0.0
+    if plan.keep is not None:
+        base, diag_end, bias = base[:, plan.keep], diag_end[:, plan.keep], bias[plan.keep]
+    out = {"base": base, "diag_start": diag_start, "diag_end": diag_end}
+    if new_use_bias:
+        out["bias"] = bias
+    return out
+
+
+def _dense_weights(layer: Any, plan: LayerPlan, new_use_bias: bool) -> dict[str, Any]:
+    w = _weights_by_name(layer)
+    kernel = w["kernel"]
+    bias = w.get("bias", np.zeros(kernel.shape[1], dtype=kernel.dtype))
+    feat = plan.inputs[0]
+    fold = _fold(feat, kernel)
+    if fold is not None:
+        bias = (bias.astype(np.float64) + fold).astype(kernel.dtype)
+    if feat.kept is not None:
+        kernel = kernel[feat.kept]
+    out = {"kernel": kernel}
+    if new_use_bias:
+        out["bias"] = bias
+    return out
+
+
+def _batchnorm_weights(layer: Any, plan: LayerPlan) -> dict[str, Any]:
+    kept = plan.inputs[0].kept
+    w = _weights_by_name(layer)
+    return {name: (value if kept is None else value[kept]) for name, value in w.items()}
+
+
+def _transfer(original: Any, clone: Any, plan: LayerPlan | None) -> None:
+    if plan is None or not clone.weights:
+        clone.set_weights(original.get_weights())
+        return
+    new_use_bias = bool(getattr(clone, "use_bias", False))
+    if isinstance(original, Spectral):
+        values = _spectral_weights(original, plan, new_use_bias)
+    elif type(original) is keras.layers.Dense and plan.inputs and plan.inputs[0].pruned:
+        values = _dense_weights(original, plan, new_use_bias)
+    elif type(original) is keras.layers.BatchNormalization and plan.inputs[0].pruned:
+        values = _batchnorm_weights(original, plan)
+    else:
+        clone.set_weights(original.get_weights())
+        return
+    for variable in clone.weights:
+        variable.assign(values[variable.name])
+
+
+def compact_model(model: keras.Model, plan: Plan) -> keras.Model:
+    """Builds the pruned model described by `plan`; `model` itself is left untouched.
+
+    Args:
+        model: A Sequential or Functional model.
+        plan: The planner's result for the chosen kept nodes (without conflicts).
+
+    Returns:
+        A new, uncompiled model whose Spectral layers have `len(keep)` units.
+    """
+    pairs: list[tuple[Any, Any]] = []
+
+    def clone_layer(layer: Any) -> Any:
+        config = layer.get_config()
+        layer_plan = plan.layers.get(id(layer))
+        if isinstance(layer, Spectral) and layer_plan is not None and layer_plan.keep is not None:
+            config["units"] = len(layer_plan.keep)
+        if needs_bias(layer, layer_plan):
+            config["use_bias"] = True
+        clone = layer.__class__.from_config(config)
+        pairs.append((layer, clone))
+        return clone
+
+    new_model = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    for original, clone in pairs:
+        _transfer(original, clone, plan.layers.get(id(original)))
+    return new_model
+
+
+def copy_model(model: keras.Model) -> keras.Model:
+    """Returns an uncompiled copy of `model` with the same weights (nested models cloned too)."""
+    new_model = keras.models.clone_model(model, recursive=True)
+    new_model.set_weights(model.get_weights())
+    return new_model

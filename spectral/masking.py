@@ -1,0 +1,72 @@
+"""Masking: zero removed nodes in place of slicing them, on one same-size copy of a model.
+
+A masked node has its incoming `base` column, eigenvalue and bias set to zero, so it outputs the
+constant act(0). The masked model is the reference that compaction must reproduce exactly, and
+one masked copy, compiled once, serves every step of the metric-based search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from spectral.compaction import copy_model
+from spectral.graph import spectral_layers
+
+
+class MaskedCopy:
+    """A same-size copy of a model whose Spectral nodes can be masked and unmasked cheaply.
+
+    Args:
+        model: The model to copy; it is never modified.
+
+    Example:
+
+    >>> masked = MaskedCopy(model)
+    >>> masked.apply({"spectral": np.array([0, 2])})  # keep nodes 0 and 2 only
+    >>> masked.model.predict(x)
+    """
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = copy_model(model)
+        self._layers = dict(spectral_layers(self.model))
+        self._originals: dict[str, dict[str, np.ndarray]] = {
+            path: {v.name: np.array(keras.ops.convert_to_numpy(v)) for v in layer.weights}
+            for path, layer in self._layers.items()
+        }
+
+    def apply(self, keep: Mapping[str, np.ndarray | None]) -> None:
+        """Masks every node not listed in `keep[path]`; layers absent from `keep` are restored."""
+        for path, layer in self._layers.items():
+            original = self._originals[path]
+            kept = keep.get(path)
+            zero = (
+                np.zeros(0, dtype=int)
+                if kept is None
+                else np.setdiff1d(np.arange(layer.units), kept)
+            )
+            base, diag_end = original["base"].copy(), original["diag_end"].copy()
+            base[:, zero] = 0.0
+            diag_end[:, zero] = 0.0
+            layer.base.assign(base)
+            layer.diag_end.assign(diag_end)
+            if layer.bias is not None:
+                bias = original["bias"].copy()
+                bias[zero] = 0.0
+                layer.bias.assign(bias)
+
+    def evaluate(self, eval_dictionary: Mapping[str, Any]) -> dict[str, float]:
+        """Runs `model.evaluate(**eval_dictionary)` and returns its results by name."""
+        kwargs = {**eval_dictionary, "return_dict": True, "verbose": 0}
+        results = self.model.evaluate(**kwargs)
+        return {k: float(np.asarray(v)) for k, v in results.items()}
+
+
+def masked_model(model: keras.Model, keep: Mapping[str, np.ndarray | None]) -> keras.Model:
+    """Returns a same-size copy of `model` with the nodes outside `keep` zeroed (masked)."""
+    masked = MaskedCopy(model)
+    masked.apply(keep)
+    return masked.model

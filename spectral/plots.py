@@ -1,0 +1,131 @@
+"""PNG plots of eigenvalue distributions and of the metric-based search (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import keras  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from spectral.graph import spectral_layers  # noqa: E402
+from spectral.report import PruningReport  # noqa: E402
+
+
+def _png(figure: Figure, path: str | Path | None) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    data = buffer.getvalue()
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+def plot_eigenvalues(
+    model_or_report: keras.Model | PruningReport | dict[str, Any],
+    cutoff: float | dict[str, float] | None = None,
+    path: str | Path | None = None,
+) -> bytes:
+    """Plots each Spectral layer's |eigenvalue| distribution, with the pruning cutoff marked.
+
+    Args:
+        model_or_report: A model, a `PruningReport` or its `to_dict()`.
+        cutoff: Cutoff to mark (float, or dict layer path -> float). Defaults to the report's.
+        path: Where to also write the PNG.
+
+    Returns:
+        The PNG image as bytes.
+
+    Raises:
+        ValueError: If there are no eigenvalues to plot.
+    """
+    if isinstance(model_or_report, PruningReport):
+        model_or_report = model_or_report.to_dict()
+    if isinstance(model_or_report, dict):
+        eigenvalues = {
+            k: np.asarray(v, dtype=float) for k, v in model_or_report["eigenvalues"].items()
+        }
+        if cutoff is None:
+            cutoff = model_or_report.get("cutoff")
+    else:
+        eigenvalues = {p: layer.eigenvalues for p, layer in spectral_layers(model_or_report)}
+    if not eigenvalues:
+        raise ValueError("There are no Spectral eigenvalues to plot.")
+    count = len(eigenvalues)
+    columns = min(count, 3)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows), squeeze=False)
+    for axis, (name, values) in zip(axes.flat, eigenvalues.items(), strict=False):
+        magnitude = np.abs(values[np.isfinite(values)])
+        axis.hist(magnitude, bins=min(40, max(5, magnitude.size // 2)), color="tab:blue")
+        line = cutoff.get(name) if isinstance(cutoff, dict) else cutoff
+        if line is not None:
+            axis.axvline(float(line), color="tab:red", linestyle="--", label="cutoff")
+            axis.legend(loc="upper right")
+        axis.set_title(f"{name} ({values.size} nodes)")
+        axis.set_xlabel("|eigenvalue|")
+        axis.set_ylabel("nodes")
+    for axis in list(axes.flat)[count:]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    return _png(figure, path)
+
+
+def plot_metric_curve(
+    report: PruningReport | dict[str, Any], path: str | Path | None = None
+) -> bytes:
+    """Plots the searched metric against the pruned percentile, with the budget marked.
+
+    Args:
+        report: A `PruningReport` or its `to_dict()`, with `evaluations`.
+        path: Where to also write the PNG.
+
+    Returns:
+        The PNG image as bytes.
+
+    Raises:
+        ValueError: If the report holds no evaluations.
+    """
+    data = report.to_dict() if isinstance(report, PruningReport) else report
+    points = sorted(
+        (e for e in data.get("evaluations", []) if e.get("value") is not None),
+        key=lambda e: e["percentile"],
+    )
+    if not points:
+        raise ValueError("The report holds no metric evaluations to plot.")
+    name = data.get("metric_name") or "metric"
+    figure, axis = plt.subplots(figsize=(6, 4))
+    xs = [e["percentile"] for e in points]
+    ys = [e["value"] for e in points]
+    axis.plot(xs, ys, color="tab:blue", marker="o", label=name)
+    for e in points:
+        if not e["within_budget"]:
+            axis.plot(e["percentile"], e["value"], "x", color="tab:red", markersize=9)
+    before, delta = data.get("metric_before"), data.get("max_delta_percent")
+    if before is not None and delta is not None:
+        from spectral.search import lower_is_better
+
+        sign = 1.0 if lower_is_better(name) else -1.0
+        axis.axhline(
+            before + sign * abs(before) * delta / 100.0,
+            color="tab:red",
+            linestyle="--",
+            label=f"budget ({delta:g}%)",
+        )
+        axis.axhline(before, color="grey", linestyle=":", label="unpruned")
+    if data.get("percentile") is not None:
+        axis.axvline(data["percentile"], color="tab:green", linestyle="-.", label="chosen")
+    axis.set_xlabel("pruned percentile")
+    axis.set_ylabel(name)
+    axis.legend(loc="best")
+    figure.tight_layout()
+    return _png(figure, path)
