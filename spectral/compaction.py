@@ -15,13 +15,13 @@ import keras
 import numpy as np
 
 from spectral.graph import Features, LayerPlan, Plan
-from spectral.layer import Spectral
+from spectral.layer import Spectral, to_numpy
 
 logger = logging.getLogger(__name__)
 
 
 def _weights_by_name(layer: Any) -> dict[str, np.ndarray]:
-    return {v.name: np.array(keras.ops.convert_to_numpy(v)) for v in layer.weights}
+    return {v.name: to_numpy(v) for v in layer.weights}
 
 
 def _removed_rows(feat: Features, dim: int) -> np.ndarray:
@@ -46,9 +46,9 @@ def needs_bias(layer: Any, plan: LayerPlan | None) -> bool:
     if plan is None or not plan.inputs or getattr(layer, "use_bias", True):
         return False
     if isinstance(layer, Spectral):
-        kernel = np.array(keras.ops.convert_to_numpy(layer.kernel))
+        kernel = to_numpy(layer.kernel)
     elif type(layer) is keras.layers.Dense:
-        kernel = np.array(keras.ops.convert_to_numpy(layer.kernel))
+        kernel = to_numpy(layer.kernel)
     else:
         return False
     return _fold(plan.inputs[0], kernel) is not None

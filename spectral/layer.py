@@ -12,6 +12,11 @@ import numpy as np
 from keras import activations, constraints, initializers, ops, regularizers
 
 
+def to_numpy(value: Any) -> np.ndarray:
+    """Returns a variable's or tensor's value as a new numpy array."""
+    return np.array(ops.convert_to_numpy(value))
+
+
 @keras.saving.register_keras_serializable(package="spectral")
 class Spectral(keras.layers.Layer):
     """Fully connected layer trained in the spectral domain.
@@ -195,23 +200,20 @@ class Spectral(keras.layers.Layer):
 
     def direct_space(self) -> np.ndarray:
         """Returns the kernel in direct space, transposed to `(units, input_dim)`."""
-        return np.asarray(ops.convert_to_numpy(self.kernel)).T
+        return to_numpy(self.kernel).T
 
     def return_base(self) -> np.ndarray:
         """Returns the eigenvector components `base` as a numpy array `(input_dim, units)`."""
-        return np.asarray(ops.convert_to_numpy(self.base))
+        return to_numpy(self.base)
 
     def return_diag(self) -> tuple[np.ndarray, np.ndarray]:
         """Returns `(diag_start, diag_end)` as numpy arrays."""
-        return (
-            np.asarray(ops.convert_to_numpy(self.diag_start)),
-            np.asarray(ops.convert_to_numpy(self.diag_end)),
-        )
+        return to_numpy(self.diag_start), to_numpy(self.diag_end)
 
     @property
     def eigenvalues(self) -> np.ndarray:
         """The output-node eigenvalues `diag_end`, as a numpy array of shape `(units,)`."""
-        return np.asarray(ops.convert_to_numpy(self.diag_end)).reshape(-1)
+        return to_numpy(self.diag_end).reshape(-1)
 
     def get_config(self) -> dict[str, Any]:
         base_config = super().get_config()

@@ -15,6 +15,7 @@ import numpy as np
 
 from spectral.compaction import copy_model
 from spectral.graph import spectral_layers
+from spectral.layer import to_numpy
 
 
 class MaskedCopy:
@@ -34,7 +35,7 @@ class MaskedCopy:
         self.model = copy_model(model)
         self._layers = dict(spectral_layers(self.model))
         self._originals: dict[str, dict[str, np.ndarray]] = {
-            path: {v.name: np.array(keras.ops.convert_to_numpy(v)) for v in layer.weights}
+            path: {v.name: to_numpy(v) for v in layer.weights}
             for path, layer in self._layers.items()
         }
 
