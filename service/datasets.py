@@ -1,0 +1,173 @@
+"""Uploaded datasets: `.npz` validation, the `datasets` table and content-addressed storage.
+
+A dataset is an ``.npz`` archive with two arrays, ``x`` (inputs) and ``y`` (targets), whose first
+dimensions agree. It is read with ``allow_pickle=False``, so an upload can never run code, and
+stored once per content (its id derives from its sha256).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+from sqlalchemy import JSON, BigInteger, DateTime, String, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from service.artifacts import ArtifactStore
+from service.db import Base
+from service.errors import SpectralError
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_NUMERIC_KINDS = "biuf"
+
+
+class DatasetRejected(SpectralError):
+    status_code = 422
+    code = "invalid_dataset"
+
+
+class DatasetNotFound(SpectralError):
+    status_code = 404
+    code = "dataset_not_found"
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    x_shape: Mapped[list[int]] = mapped_column(JSON)
+    y_shape: Mapped[list[int]] = mapped_column(JSON)
+    x_dtype: Mapped[str] = mapped_column(String(32))
+    y_dtype: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    sha256: str
+    size_bytes: int
+    filename: str | None
+    x_shape: list[int]
+    y_shape: list[int]
+    x_dtype: str
+    y_dtype: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Dataset) -> DatasetPublic:
+        return cls(
+            id=row.id,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            filename=row.filename,
+            x_shape=list(row.x_shape),
+            y_shape=list(row.y_shape),
+            x_dtype=row.x_dtype,
+            y_dtype=row.y_dtype,
+            created_at=row.created_at,
+        )
+
+
+def dataset_store(settings: Settings) -> ArtifactStore:
+    """Datasets live next to the model artifacts, in their own content-addressed folder."""
+    return ArtifactStore(Path(settings.data_dir) / "datasets")
+
+
+def read_arrays(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Parse and validate an ``.npz`` upload; returns ``(x, y)``.
+
+    Raises:
+        DatasetRejected: not an npz archive, arrays missing, object arrays, non-numeric data,
+            or first dimensions that disagree.
+    """
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise DatasetRejected("Dataset must be an .npz archive (numpy.savez) with arrays x and y")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            names = sorted(archive.files)
+            missing = [name for name in ("x", "y") if name not in names]
+            if missing:
+                raise DatasetRejected(
+                    f"Dataset must contain arrays 'x' and 'y'. Received arrays: {names}"
+                )
+            x, y = archive["x"], archive["y"]
+    except DatasetRejected:
+        raise
+    except ValueError as exc:  # object arrays need pickle, which is refused
+        raise DatasetRejected(f"Dataset arrays could not be read safely: {exc}") from exc
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DatasetRejected(f"Dataset is not a readable .npz archive: {exc}") from exc
+    for name, array in (("x", x), ("y", y)):
+        if array.dtype.kind not in _NUMERIC_KINDS:
+            raise DatasetRejected(
+                f"Array {name!r} must be numeric. Received dtype: {array.dtype}"
+            )
+        if array.ndim == 0 or array.shape[0] == 0:
+            raise DatasetRejected(
+                f"Array {name!r} needs at least one sample. Received shape: {list(array.shape)}"
+            )
+    if x.shape[0] != y.shape[0]:
+        raise DatasetRejected(
+            "Arrays x and y must have the same number of samples. "
+            f"Received: x {list(x.shape)}, y {list(y.shape)}"
+        )
+    return x, y
+
+
+def create_dataset(
+    session: Session, store: ArtifactStore, data: bytes, *, filename: str | None = None
+) -> tuple[DatasetPublic, bool]:
+    """Validate and store an upload; returns the dataset and whether it is new."""
+    x, y = read_arrays(data)
+    sha256, size = store.put(data)
+    dataset_id = f"ds_{sha256[:24]}"
+    existing = session.get(Dataset, dataset_id)
+    if existing is not None:
+        return DatasetPublic.from_row(existing), False
+    row = Dataset(
+        id=dataset_id,
+        sha256=sha256,
+        size_bytes=size,
+        filename=filename,
+        x_shape=[int(d) for d in x.shape],
+        y_shape=[int(d) for d in y.shape],
+        x_dtype=str(x.dtype),
+        y_dtype=str(y.dtype),
+        created_at=datetime.now(UTC),
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # the same bytes uploaded concurrently
+        found = session.get(Dataset, dataset_id)
+        assert found is not None
+        return DatasetPublic.from_row(found), False
+    logger.info("stored dataset %s x=%s y=%s", dataset_id, row.x_shape, row.y_shape)
+    return DatasetPublic.from_row(row), True
+
+
+def get_dataset(session: Session, dataset_id: str) -> DatasetPublic:
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise DatasetNotFound(f"No dataset with id {dataset_id!r}")
+    return DatasetPublic.from_row(row)
+
+
+def load_dataset(session: Session, store: ArtifactStore, dataset_id: str) -> tuple[Any, Any]:
+    """The ``(x, y)`` arrays of a stored dataset (checksum verified by the store)."""
+    row = session.scalar(select(Dataset).where(Dataset.id == dataset_id))
+    if row is None:
+        raise DatasetNotFound(f"No dataset with id {dataset_id!r}")
+    return read_arrays(store.read(row.sha256))

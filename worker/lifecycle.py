@@ -1,0 +1,76 @@
+"""Worker start-up: recover lost jobs, keep reaping them, and warm up each pool child.
+
+* ``worker_ready`` (parent process): re-send queued jobs and recover running jobs whose
+  heartbeat expired, then start a thread doing the latter every half lease.
+* ``worker_process_init`` (each child, after the fork): import TensorFlow/Keras and `spectral`
+  once, so the first job does not pay for it, and log the devices a job will use (a GPU is
+  used automatically when TensorFlow or JAX sees one).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery.signals import worker_process_init, worker_ready
+
+from service.settings import get_settings
+from worker.celery_app import app, enqueue_job
+from worker.job_state import recover_lost_jobs
+
+logger = logging.getLogger(__name__)
+
+
+def _consumer_queues(consumer: Any) -> list[str] | None:
+    try:
+        return [queue.name for queue in consumer.task_consumer.queues]
+    except AttributeError:
+        return None
+
+
+def _send(job_id: str, queue: str) -> None:
+    enqueue_job(app, job_id, queue)
+
+
+@worker_ready.connect
+def _recover_on_start(sender: Any = None, **_: Any) -> None:
+    settings = get_settings()
+    queues = _consumer_queues(sender)
+    logger.info("worker ready on queues %s, broker %s", queues, app.conf.broker_url.split("@")[-1])
+    try:
+        recover_lost_jobs(settings, _send, queues=queues, resend_queued=True)
+    except Exception:
+        logger.exception("start-up job recovery failed")
+
+    stop = threading.Event()
+
+    def reap() -> None:
+        while not stop.wait(max(settings.job_lease_s / 2, 0.5)):
+            try:
+                recover_lost_jobs(settings, _send, queues=queues)
+            except Exception:
+                logger.exception("job recovery failed")
+
+    threading.Thread(target=reap, name="spectral-job-reaper", daemon=True).start()
+
+
+@worker_process_init.connect
+def _warm_up_child(**_: Any) -> None:
+    import keras
+
+    import spectral  # noqa: F401  (registers the layer for model loading)
+
+    backend = keras.backend.backend()
+    devices: list[str]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        devices = [device.name for device in tf.config.list_logical_devices()]
+    elif backend == "jax":
+        import jax
+
+        devices = [str(device) for device in jax.devices()]
+    else:
+        devices = ["(not listed for this backend)"]
+    logger.info("pool child ready: keras backend %s, devices %s", backend, devices)

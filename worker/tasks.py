@@ -1,0 +1,33 @@
+"""Celery tasks: thin wrappers that take a job id and call the domain function."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+
+from service.settings import get_settings
+from worker.celery_app import TASK_NAME, app
+from worker.job_state import fail_job
+
+logger = logging.getLogger(__name__)
+
+
+class PruningTask(Task):  # type: ignore[misc]
+    """Marks the job failed when the task dies outside the domain code's own handling."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        job_id = args[0] if args else kwargs.get("job_id")
+        if job_id:
+            fail_job(get_settings(), str(job_id), f"{type(exc).__name__}: {exc}")
+
+
+@app.task(bind=True, base=PruningTask, name=TASK_NAME)
+def run_pruning_job(self: Task, job_id: str) -> None:
+    # Imported here so the parent process never loads TensorFlow before forking.
+    from worker.pruning_job import execute_job
+
+    execute_job(job_id, get_settings())
