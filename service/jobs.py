@@ -24,7 +24,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    Update,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from service.db import Base
@@ -66,6 +77,19 @@ class JobCancelled(Exception):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _update() -> Update:
+    # Conditional UPDATEs decide transitions in the database; the session's copies are
+    # refreshed where needed instead of being evaluated in Python.
+    return update(Job).execution_options(synchronize_session=False)
 
 
 class PruneRequest(BaseModel):
@@ -207,9 +231,9 @@ class JobPublic(BaseModel):
             step=job.step,
             attempts=job.attempts,
             cancel_requested=job.cancel_requested,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
+            created_at=_aware(job.created_at) or _now(),
+            started_at=_aware(job.started_at),
+            finished_at=_aware(job.finished_at),
             result=result,
             report=job.report,
             error=job.error,
@@ -314,12 +338,12 @@ def request_cancel(session: Session, job_id: str) -> JobPublic:
     """Cancel a queued job at once; ask a running one to stop at its next step."""
     now = _now()
     session.execute(
-        update(Job)
+        _update()
         .where(Job.id == job_id, Job.status == "queued")
         .values(status="cancelled", cancel_requested=True, finished_at=now, step="cancelled")
     )
     session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True)
+        _update().where(Job.id == job_id, Job.status == "running").values(cancel_requested=True)
     )
     job = session.get(Job, job_id)
     if job is None:
@@ -353,7 +377,7 @@ def claim_job(session: Session, job_id: str, *, max_attempts: int) -> Claim | No
     """
     now = _now()
     claimed = session.execute(
-        update(Job)
+        _update()
         .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
         .values(
             status="running",
@@ -394,7 +418,7 @@ def claim_job(session: Session, job_id: str, *, max_attempts: int) -> Claim | No
 def record_progress(session: Session, job_id: str, fraction: float, step: str) -> bool:
     """Store progress and a heartbeat; return whether a client asked to cancel the job."""
     session.execute(
-        update(Job)
+        _update()
         .where(Job.id == job_id, Job.status == "running")
         .values(progress=max(0.0, min(1.0, fraction)), step=step[:500], heartbeat_at=_now())
     )
@@ -407,13 +431,13 @@ def is_cancel_requested(session: Session, job_id: str) -> bool:
 
 def heartbeat(session: Session, job_id: str) -> None:
     session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=_now())
+        _update().where(Job.id == job_id, Job.status == "running").values(heartbeat_at=_now())
     )
 
 
 def _finish(session: Session, job_id: str, status: str, **values: Any) -> bool:
     result = session.execute(
-        update(Job)
+        _update()
         .where(Job.id == job_id, Job.status.in_(("queued", "running")))
         .values(status=status, finished_at=_now(), step=status, **values)
     )
@@ -457,14 +481,14 @@ def recover_jobs(
         stale = (Job.id == job.id, Job.status == "running", Job.heartbeat_at < stale_before)
         if job.cancel_requested:
             session.execute(
-                update(Job)
+                _update()
                 .where(*stale)
                 .values(status="cancelled", finished_at=_now(), step="cancelled")
             )
             continue
         if job.attempts >= max_attempts:
             outcome = session.execute(
-                update(Job)
+                _update()
                 .where(*stale)
                 .values(
                     status="failed",
@@ -478,7 +502,7 @@ def recover_jobs(
                 failed.append(job.id)
         else:
             outcome = session.execute(
-                update(Job)
+                _update()
                 .where(*stale)
                 .values(status="queued", step=f"re-queued after attempt {job.attempts} was lost")
             )

@@ -1,0 +1,55 @@
+"""Celery configuration, and the rule that a worker's parent never imports TensorFlow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from service.settings import Settings
+from worker.celery_app import TASK_NAME, celery_config, create_celery
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_config_follows_settings(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        default_queue="cpu-jobs",
+        job_soft_time_limit_s=11,
+        job_time_limit_s=13,
+        broker_polling_interval_s=0.05,
+    )
+    config = celery_config(settings)
+    assert config["broker_url"] == f"sqla+sqlite:///{(tmp_path / 'broker.db').resolve()}"
+    assert config["accept_content"] == ["json"]
+    assert config["task_serializer"] == config["result_serializer"] == "json"
+    assert config["task_acks_late"] is True and config["task_reject_on_worker_lost"] is True
+    assert config["worker_prefetch_multiplier"] == 1
+    assert (config["task_soft_time_limit"], config["task_time_limit"]) == (11, 13)
+    assert config["task_default_queue"] == "cpu-jobs"
+    assert config["broker_transport_options"]["polling_interval"] == 0.05  # type: ignore[index]
+    redis = celery_config(Settings(broker_url="redis://127.0.0.1:6379/3", job_time_limit_s=7200))
+    assert redis["broker_url"] == "redis://127.0.0.1:6379/3"
+    assert redis["broker_transport_options"]["visibility_timeout"] > 7200  # type: ignore[index]
+
+
+def test_app_uses_settings(tmp_path: Path) -> None:
+    app = create_celery(Settings(data_dir=tmp_path / "new"))
+    assert (tmp_path / "new").is_dir()  # the SQLite broker's folder is made
+    assert app.conf.task_ignore_result is True
+
+
+def test_worker_parent_does_not_import_tensorflow() -> None:
+    code = (
+        "import sys, worker.celery_app, worker.tasks, worker.lifecycle, worker.job_state\n"
+        "from worker.celery_app import app\n"
+        f"assert {TASK_NAME!r} in app.tasks, sorted(app.tasks)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'jax', 'spectral'))\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr

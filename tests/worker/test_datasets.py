@@ -1,0 +1,62 @@
+"""Dataset validation and storage (service/datasets.py)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from service import datasets
+from service.db import Database
+from service.settings import Settings
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_reads_x_and_y() -> None:
+    x = np.arange(12, dtype="float32").reshape(4, 3)
+    y = np.array([0, 1, 0, 1])
+    got_x, got_y = datasets.read_arrays(_npz(x=x, y=y))
+    np.testing.assert_array_equal(got_x, x)
+    np.testing.assert_array_equal(got_y, y)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"not a zip at all", "must be an .npz archive"),
+        (_npz(x=np.zeros((3, 2))), r"must contain arrays 'x' and 'y'. Received arrays: \['x'\]"),
+        (_npz(x=np.zeros((3, 2)), y=np.zeros(4)), r"same number of samples.*x \[3, 2\], y \[4\]"),
+        (_npz(x=np.array(["a", "b"]), y=np.zeros(2)), "must be numeric. Received dtype: <U1"),
+        (_npz(x=np.zeros((0, 2)), y=np.zeros(0)), "at least one sample"),
+        (
+            _npz(x=np.array([{"a": 1}, None], dtype=object), y=np.zeros(2)),
+            "could not be read safely",
+        ),
+    ],
+)
+def test_rejects_bad_uploads(data: bytes, message: str) -> None:
+    with pytest.raises(datasets.DatasetRejected, match=message):
+        datasets.read_arrays(data)
+
+
+def test_store_once_per_content(db: Database, job_settings: Settings) -> None:
+    store = datasets.dataset_store(job_settings)
+    data = _npz(x=np.ones((5, 2), dtype="float32"), y=np.arange(5))
+    with db.session() as session:
+        first, created = datasets.create_dataset(session, store, data, filename="a.npz")
+    assert created and first.x_shape == [5, 2] and first.y_shape == [5]
+    assert first.x_dtype == "float32" and first.size_bytes == len(data)
+    with db.session() as session:
+        again, created_again = datasets.create_dataset(session, store, data)
+        assert (again.id, created_again) == (first.id, False)
+        assert datasets.get_dataset(session, first.id).sha256 == first.sha256
+        x, y = datasets.load_dataset(session, store, first.id)
+        np.testing.assert_array_equal(y, np.arange(5))
+        with pytest.raises(datasets.DatasetNotFound):
+            datasets.get_dataset(session, "ds_missing")
