@@ -14,7 +14,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from spectral.graph import Features, LayerPlan, Plan
+from spectral.graph import Features, LayerPlan, Plan, graph_of, is_graph_model
 from spectral.layer import Spectral, to_numpy
 
 logger = logging.getLogger(__name__)
@@ -100,9 +100,21 @@ def _batchnorm_weights(layer: Any, plan: LayerPlan) -> dict[str, Any]:
     return {name: (value if kept is None else value[kept]) for name, value in w.items()}
 
 
+def _copy_weights(original: Any, clone: Any) -> None:
+    # Match by name where possible: Keras orders weights trainable-first, and a variable's
+    # `trainable` flag may have been changed (e.g. a frozen `base`), so orders can differ.
+    names = [v.name for v in original.weights]
+    if len(set(names)) == len(names) and sorted(names) == sorted(v.name for v in clone.weights):
+        values = _weights_by_name(original)
+        for variable in clone.weights:
+            variable.assign(values[variable.name])
+    else:
+        clone.set_weights(original.get_weights())
+
+
 def _transfer(original: Any, clone: Any, plan: LayerPlan | None) -> None:
     if plan is None or not clone.weights:
-        clone.set_weights(original.get_weights())
+        _copy_weights(original, clone)
         return
     new_use_bias = bool(getattr(clone, "use_bias", False))
     if isinstance(original, Spectral):
@@ -112,10 +124,23 @@ def _transfer(original: Any, clone: Any, plan: LayerPlan | None) -> None:
     elif type(original) is keras.layers.BatchNormalization and plan.inputs[0].pruned:
         values = _batchnorm_weights(original, plan)
     else:
-        clone.set_weights(original.get_weights())
+        _copy_weights(original, clone)
         return
     for variable in clone.weights:
         variable.assign(values[variable.name])
+
+
+def _nested_inputs(model: keras.Model, plan: LayerPlan | None) -> Any:
+    """New input tensors for a nested model whose inputs lost features (None if unchanged)."""
+    if plan is None or not any(f.pruned for f in plan.inputs):
+        return None
+    tensors = []
+    for tensor, feat in zip(graph_of(model).inputs, plan.inputs, strict=True):
+        shape = tuple(tensor.shape)
+        if feat.kept is not None:
+            shape = (*shape[:-1], len(feat.kept))
+        tensors.append(keras.Input(batch_shape=shape, dtype=tensor.dtype))
+    return tensors[0] if len(tensors) == 1 else tensors
 
 
 def compact_model(model: keras.Model, plan: Plan) -> keras.Model:
@@ -129,19 +154,34 @@ def compact_model(model: keras.Model, plan: Plan) -> keras.Model:
         A new, uncompiled model whose Spectral layers have `len(keep)` units.
     """
     pairs: list[tuple[Any, Any]] = []
+    cache: dict[int, Any] = {}
 
     def clone_layer(layer: Any) -> Any:
-        config = layer.get_config()
+        if id(layer) in cache:  # a shared layer stays shared
+            return cache[id(layer)]
         layer_plan = plan.layers.get(id(layer))
-        if isinstance(layer, Spectral) and layer_plan is not None and layer_plan.keep is not None:
-            config["units"] = len(layer_plan.keep)
-        if needs_bias(layer, layer_plan):
-            config["use_bias"] = True
-        clone = layer.__class__.from_config(config)
-        pairs.append((layer, clone))
+        if is_graph_model(layer):
+            clone = keras.models.clone_model(
+                layer,
+                input_tensors=_nested_inputs(layer, layer_plan),
+                clone_function=clone_layer,
+            )
+        else:
+            config = layer.get_config()
+            if (
+                isinstance(layer, Spectral)
+                and layer_plan is not None
+                and layer_plan.keep is not None
+            ):
+                config["units"] = len(layer_plan.keep)
+            if needs_bias(layer, layer_plan):
+                config["use_bias"] = True
+            clone = layer.__class__.from_config(config)
+            pairs.append((layer, clone))
+        cache[id(layer)] = clone
         return clone
 
-    new_model = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    new_model = keras.models.clone_model(model, clone_function=clone_layer)
     for original, clone in pairs:
         _transfer(original, clone, plan.layers.get(id(original)))
     return new_model
@@ -149,6 +189,4 @@ def compact_model(model: keras.Model, plan: Plan) -> keras.Model:
 
 def copy_model(model: keras.Model) -> keras.Model:
     """Returns an uncompiled copy of `model` with the same weights (nested models cloned too)."""
-    new_model = keras.models.clone_model(model, recursive=True)
-    new_model.set_weights(model.get_weights())
-    return new_model
+    return compact_model(model, Plan())

@@ -1,0 +1,85 @@
+"""Shared fixtures for the spectral library tests: data, random eigenvalues, a trained model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from spectral import Spectral
+from spectral.graph import spectral_layers
+
+COMPILE = {
+    "optimizer": "adam",
+    "loss": "sparse_categorical_crossentropy",
+    "metrics": ["accuracy"],
+}
+
+
+def randomize(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Gives every Spectral layer distinct random eigenvalues and biases, and BN statistics."""
+    rng = np.random.default_rng(seed)
+    for _, layer in spectral_layers(model):
+        layer.diag_end.assign(rng.normal(size=(1, layer.units)).astype("float32"))
+        layer.diag_start.assign(rng.normal(scale=0.3, size=layer.diag_start.shape).astype("float32"))
+        if layer.bias is not None:
+            layer.bias.assign(rng.normal(size=(layer.units,)).astype("float32"))
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for variable in layer.weights:
+                shape = variable.shape
+                values = rng.uniform(0.5, 1.5, size=shape) if "variance" in variable.name else (
+                    rng.normal(size=shape)
+                )
+                variable.assign(values.astype("float32"))
+    return model
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out.extend(_all_layers(layer))
+        else:
+            out.append(layer)
+    return out
+
+
+def weights_snapshot(model: keras.Model) -> list[np.ndarray]:
+    return [np.array(w) for w in model.get_weights()]
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    data = load_digits()
+    x = (data.data / 16.0).astype("float32")
+    y = data.target.astype("int32")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    x, y = x[order], y[order]
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+@pytest.fixture(scope="session")
+def trained_model(digits: tuple[np.ndarray, ...]) -> keras.Model:
+    """A small spectral classifier trained for a few epochs on digits (shared, never mutate)."""
+    x_train, y_train, _, _ = digits
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            Spectral(64, activation="relu", use_bias=True, diag_regularizer="l2"),
+            Spectral(48, activation="relu", use_bias=True, diag_regularizer="l2"),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name="digits_spectral",
+    )
+    model.compile(**COMPILE)
+    model.fit(x_train, y_train, epochs=8, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(42)
