@@ -15,13 +15,15 @@ before it forks its children.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import uuid
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import (
@@ -38,9 +40,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from service.datasets import get_dataset
 from service.db import Base
 from service.errors import SpectralError
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,11 @@ class JobFinished(SpectralError):
 class CompileConfigMissing(SpectralError):
     status_code = 422
     code = "compile_config_missing"
+
+
+class BrokerUnavailable(SpectralError):
+    status_code = 503
+    code = "broker_unavailable"
 
 
 class JobCancelled(Exception):
@@ -308,6 +319,70 @@ def create_job(
     return NewJob(JobPublic.from_row(job), created=True)
 
 
+def artifact_compile_config(data: bytes) -> dict[str, Any] | None:
+    """The ``model.compile`` kwargs saved in a ``.keras`` artifact, or None when uncompiled."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError):
+        return None
+    compile_config = config.get("compile_config")
+    if not compile_config or not compile_config.get("loss"):
+        return None
+    return {key: compile_config[key] for key in COMPILE_KEYS if key in compile_config}
+
+
+Enqueue = Callable[[str, str], None]
+"""Sends the message for ``(job_id, queue)``."""
+
+
+def submit_job(
+    registry: Registry,
+    request: PruneRequest,
+    *,
+    settings: Settings,
+    enqueue: Enqueue,
+    idempotency_key: str | None = None,
+) -> NewJob:
+    """Validate a prune request against the registry, record the job and send its message.
+
+    Raises:
+        ModelNotFound, VersionNotFound, AliasNotFound, DatasetNotFound: unknown references.
+        CompileConfigMissing: a dataset must be evaluated but nothing says how to compile.
+        IdempotencyConflict: the key was used with another body.
+        BrokerUnavailable: the message could not be sent (the job is then failed).
+    """
+    record = registry.resolve(request.model_id, request.version, request.alias)
+    with registry.database.session() as session:
+        if request.dataset_id is not None:
+            get_dataset(session, request.dataset_id)
+    if request.dataset_id is not None and request.compile is None:
+        if artifact_compile_config(registry.read_artifact(record)) is None:
+            raise CompileConfigMissing(
+                f"Model {record.model_id!r} version {record.version} was saved without a compile "
+                "config, so the dataset cannot be evaluated: pass `compile`, e.g. "
+                '{"optimizer": "adam", "loss": "sparse_categorical_crossentropy", '
+                '"metrics": ["accuracy"]}'
+            )
+    with registry.database.session() as session:
+        new = create_job(
+            session,
+            request,
+            version=record.version,
+            settings=settings,
+            idempotency_key=idempotency_key,
+        )
+    if new.created:
+        try:
+            enqueue(new.job.id, new.job.queue)
+        except Exception as exc:
+            logger.exception("could not send job %s to the broker", new.job.id)
+            with registry.database.session() as session:
+                mark_failed(session, new.job.id, f"Broker unavailable: {exc}")
+            raise BrokerUnavailable(f"The job broker is unavailable: {exc}") from exc
+    return new
+
+
 def get_job(session: Session, job_id: str) -> JobPublic:
     job = session.get(Job, job_id)
     if job is None:
@@ -389,9 +464,7 @@ def claim_job(session: Session, job_id: str, *, max_attempts: int) -> Claim | No
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         job = session.get(Job, job_id)
-        logger.info(
-            "job %s not claimed (status %s)", job_id, job.status if job else "missing"
-        )
+        logger.info("job %s not claimed (status %s)", job_id, job.status if job else "missing")
         return None
     job = session.get(Job, job_id)
     assert job is not None
@@ -517,6 +590,3 @@ def queued_job_ids(session: Session, queues: Sequence[str] | None = None) -> lis
     if queues is not None:
         query = query.where(Job.queue.in_(list(queues)))
     return [(row[0], row[1]) for row in session.execute(query.order_by(Job.created_at)).all()]
-
-
-Enqueue = Callable[[str, str], None]

@@ -11,7 +11,6 @@ TensorFlow, Keras and `spectral`: the pool's children import them after the fork
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from celery import Celery
 
@@ -54,8 +53,6 @@ def celery_config(settings: Settings) -> dict[str, object]:
 def create_celery(settings: Settings | None = None) -> Celery:
     """A Celery app configured from ``settings`` (the API uses its own to send messages)."""
     settings = settings or get_settings()
-    if not settings.broker_url:
-        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     celery = Celery("spectral")
     celery.conf.update(celery_config(settings))
     return celery

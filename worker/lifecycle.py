@@ -1,5 +1,7 @@
 """Worker start-up: recover lost jobs, keep reaping them, and warm up each pool child.
 
+* ``worker_init`` (parent process): bring the database schema up to date (this also makes
+  ``data_dir``, where the embedded SQLite broker lives).
 * ``worker_ready`` (parent process): re-send queued jobs and recover running jobs whose
   heartbeat expired, then start a thread doing the latter every half lease.
 * ``worker_process_init`` (each child, after the fork): import TensorFlow/Keras and `spectral`
@@ -13,8 +15,9 @@ import logging
 import threading
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_ready
 
+from service.db import upgrade_database
 from service.settings import get_settings
 from worker.celery_app import app, enqueue_job
 from worker.job_state import recover_lost_jobs
@@ -31,6 +34,11 @@ def _consumer_queues(consumer: Any) -> list[str] | None:
 
 def _send(job_id: str, queue: str) -> None:
     enqueue_job(app, job_id, queue)
+
+
+@worker_init.connect
+def _prepare_database(**_: Any) -> None:
+    upgrade_database(get_settings())
 
 
 @worker_ready.connect

@@ -12,13 +12,11 @@ imported in a pool child, after the fork.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import statistics
 import tempfile
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from service import jobs
 from service.datasets import dataset_store, load_dataset
 from service.settings import Settings
-from worker.job_state import job_session
+from worker.job_state import database, job_session
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +45,14 @@ def execute_job(job_id: str, settings: Settings) -> None:
         claim = jobs.claim_job(session, job_id, max_attempts=settings.job_max_attempts)
     if claim is None:
         return
-    logger.info("job %s attempt %d: %s on %s v%d", job_id, claim.attempt, claim.method,
-                claim.model_id, claim.version)
+    logger.info(
+        "job %s attempt %d: %s on %s v%d",
+        job_id,
+        claim.attempt,
+        claim.method,
+        claim.model_id,
+        claim.version,
+    )
     heartbeat = _Heartbeat(settings, job_id)
     heartbeat.start()
     try:
@@ -125,19 +129,6 @@ class _Progress:
         self.step(_LIBRARY_START + span * max(0.0, min(1.0, fraction)), message)
 
 
-def artifact_compile_config(data: bytes) -> dict[str, Any] | None:
-    """The ``model.compile`` kwargs saved in a ``.keras`` artifact, or None when uncompiled."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, ValueError):
-        return None
-    compile_config = config.get("compile_config")
-    if not compile_config or not compile_config.get("loss"):
-        return None
-    return {key: compile_config[key] for key in jobs.COMPILE_KEYS if key in compile_config}
-
-
 def _run(claim: jobs.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
     import keras
 
@@ -146,7 +137,7 @@ def _run(claim: jobs.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
 
     progress = _Progress(settings, claim.job_id)
     progress.step(0.02, "loading model")
-    registry = Registry(settings)
+    registry = Registry.from_settings(settings, database(settings))
     record = registry.resolve(claim.model_id, claim.version)
     model = registry.load_keras_model(record)
     params = claim.params
@@ -159,7 +150,7 @@ def _run(claim: jobs.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
             x, y = load_dataset(session, dataset_store(settings), claim.dataset_id)
         _check_dataset_fits(model, x)
 
-    compile_kwargs = params.get("compile") or artifact_compile_config(
+    compile_kwargs = params.get("compile") or jobs.artifact_compile_config(
         registry.read_artifact(record)
     )
     if claim.method in ("metric", "pretrain") and compile_kwargs is None:
@@ -187,8 +178,14 @@ def _run(claim: jobs.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
     progress.step(_LIBRARY_START, f"{claim.method} pruning")
     if claim.method == "pretrain":
         epochs = int(params.get("epochs", 5))
-        fit_kwargs = {"x": x, "y": y, "epochs": epochs, "batch_size": batch_size, "verbose": 0,
-                      "callbacks": [_cancel_callback(progress)]}
+        fit_kwargs = {
+            "x": x,
+            "y": y,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "verbose": 0,
+            "callbacks": [_cancel_callback(progress)],
+        }
         fine_tune = {**fit_kwargs, "epochs": int(params.get("fine_tune_epochs") or epochs)}
         result = spectral.eigenvalue_pretraining(
             model,
@@ -202,8 +199,11 @@ def _run(claim: jobs.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
         )
     elif claim.method == "metric":
         result = spectral.prune(
-            model, eval_dictionary=eval_dictionary, compile_dictionary=compile_kwargs,
-            **search, **common,
+            model,
+            eval_dictionary=eval_dictionary,
+            compile_dictionary=compile_kwargs,
+            **search,
+            **common,
         )
     else:
         result = spectral.prune(

@@ -35,9 +35,10 @@ def test_config_follows_settings(tmp_path: Path) -> None:
 
 
 def test_app_uses_settings(tmp_path: Path) -> None:
-    app = create_celery(Settings(data_dir=tmp_path / "new"))
-    assert (tmp_path / "new").is_dir()  # the SQLite broker's folder is made
+    app = create_celery(Settings(data_dir=tmp_path, default_queue="q1"))
     assert app.conf.task_ignore_result is True
+    assert app.conf.task_default_queue == "q1"
+    assert app.conf.broker_url.endswith(str(tmp_path / "broker.db"))
 
 
 def test_worker_parent_does_not_import_tensorflow() -> None:

@@ -69,7 +69,10 @@ def test_idempotency_key(db: Database, job_settings: Settings) -> None:
     assert _create(db, job_settings, key="k1") == first
     with db.session() as session, pytest.raises(jobs.IdempotencyConflict):
         jobs.create_job(
-            session, _request(percentile=41.0), version=1, settings=job_settings,
+            session,
+            _request(percentile=41.0),
+            version=1,
+            settings=job_settings,
             idempotency_key="k1",
         )
     assert _create(db, job_settings, key="k2") != first

@@ -1,0 +1,160 @@
+"""`execute_job`, called directly (no broker): real registry, real models, real datasets."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_digits_model, digits_npz
+
+import spectral
+from service import jobs
+from service.datasets import create_dataset, dataset_store
+from service.db import Database, upgrade_database
+from service.registry import Registry
+from service.settings import Settings
+from worker.pruning_job import execute_job
+
+
+@pytest.fixture
+def env(tmp_path: Path, digits_model: bytes) -> tuple[Settings, Registry]:
+    settings = Settings(data_dir=tmp_path, job_heartbeat_s=0.2)
+    upgrade_database(settings)
+    registry = Registry.from_settings(settings, Database(settings))
+    registry.create_model("digits", digits_model)
+    return settings, registry
+
+
+def _submit(settings: Settings, registry: Registry, **body: object) -> str:
+    sent: list[tuple[str, str]] = []
+    request = jobs.PruneRequest.model_validate({"model_id": "digits", **body})
+    new = jobs.submit_job(
+        registry, request, settings=settings, enqueue=lambda j, q: sent.append((j, q))
+    )
+    assert sent == [(new.job.id, "spectral")]
+    return new.job.id
+
+
+def _dataset(settings: Settings, registry: Registry, data: bytes) -> str:
+    with registry.database.session() as session:
+        dataset, _ = create_dataset(session, dataset_store(settings), data)
+    return dataset.id
+
+
+def _job(registry: Registry, job_id: str) -> jobs.JobPublic:
+    with registry.database.session() as session:
+        return jobs.get_job(session, job_id)
+
+
+def test_percentile_job_makes_one_version_equal_to_the_library(
+    env: tuple[Settings, Registry], tmp_path: Path
+) -> None:
+    settings, registry = env
+    job_id = _submit(settings, registry, method="percentile", percentile=40)
+    execute_job(job_id, settings)
+    job = _job(registry, job_id)
+    assert job.status == "succeeded", job.error
+    assert job.result is not None and job.result.version == 2 and job.attempts == 1
+    record = registry.resolve("digits", 2)
+    assert record.parent_version == 1 and record.job_id == job_id
+    assert record.lineage == {"job_id": job_id, "method": "percentile", "params": job.params}
+    report = record.report
+    assert report is not None and report == job.report
+    assert sum(report["units_after"].values()) < sum(report["units_before"].values())
+    assert report["params_after"] < report["params_before"]
+    assert report["artifact_bytes_before"] == registry.resolve("digits", 1).size_bytes
+    assert report["artifact_bytes_after"] == record.size_bytes
+    assert report["latency_ms_before"] > 0 and report["latency_ms_after"] > 0
+    assert report["metric_before"] is None  # no dataset given
+    assert registry.read_report_png(record).startswith(b"\x89PNG")
+
+    original = registry.load_keras_model(registry.resolve("digits", 1))
+    expected = spectral.prune_percentile(original, 40)
+    x = np.random.default_rng(1).random((16, 64)).astype("float32")
+    np.testing.assert_allclose(
+        registry.load_keras_model(record).predict(x, verbose=0),
+        expected.predict(x, verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+    execute_job(job_id, settings)  # a duplicate delivery changes nothing
+    assert [v.version for v in registry.get_model("digits").versions] == [1, 2]
+    assert _job(registry, job_id).attempts == 1
+
+
+def test_metric_job_reports_the_search(env: tuple[Settings, Registry]) -> None:
+    settings, registry = env
+    dataset_id = _dataset(settings, registry, digits_npz())
+    job_id = _submit(
+        settings,
+        registry,
+        method="metric",
+        dataset_id=dataset_id,
+        max_delta_percent=5,
+        percentile_step=20,
+    )
+    execute_job(job_id, settings)
+    job = _job(registry, job_id)
+    assert job.status == "succeeded", job.error
+    report = job.report
+    assert report is not None and report["method"] == "metric"
+    assert report["metric_name"] == "accuracy" and len(report["evaluations"]) >= 2
+    assert report["metric_after"] >= report["metric_before"] * 0.95 - 1e-9
+    png = registry.read_report_png(registry.resolve("digits", 2))
+    assert png.startswith(b"\x89PNG")
+
+
+def test_wrong_dataset_shape_fails_without_a_version(env: tuple[Settings, Registry]) -> None:
+    settings, registry = env
+    dataset_id = _dataset(settings, registry, digits_npz(features=10))
+    job_id = _submit(settings, registry, method="metric", dataset_id=dataset_id)
+    execute_job(job_id, settings)
+    job = _job(registry, job_id)
+    assert job.status == "failed" and job.result is None
+    assert "Dataset x has samples of shape [10] but the model expects [64]" in (job.error or "")
+    assert [v.version for v in registry.get_model("digits").versions] == [1]
+
+
+def test_dataset_needs_a_compile_config(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    upgrade_database(settings)
+    registry = Registry.from_settings(settings, Database(settings))
+    registry.create_model("digits", build_digits_model(compiled=False, epochs=1))
+    dataset_id = _dataset(settings, registry, digits_npz(n=50))
+    with pytest.raises(jobs.CompileConfigMissing, match="saved without a compile config"):
+        _submit(settings, registry, method="metric", dataset_id=dataset_id)
+    job_id = _submit(
+        settings,
+        registry,
+        method="metric",
+        dataset_id=dataset_id,
+        percentile_step=50,
+        compile={"loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]},
+    )
+    execute_job(job_id, settings)
+    assert _job(registry, job_id).status == "succeeded"
+
+
+def test_cancel_stops_a_running_pretraining(env: tuple[Settings, Registry]) -> None:
+    settings, registry = env
+    dataset_id = _dataset(settings, registry, digits_npz(n=200))
+    job_id = _submit(
+        settings, registry, method="pretrain", percentile=30, dataset_id=dataset_id, epochs=2000
+    )
+    runner = threading.Thread(target=execute_job, args=(job_id, settings))
+    started = time.monotonic()
+    runner.start()
+    while _job(registry, job_id).status == "queued":
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside the 2000 epochs
+    with registry.database.session() as session:
+        assert jobs.request_cancel(session, job_id).cancel_requested
+    runner.join(timeout=120)
+    job = _job(registry, job_id)
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert time.monotonic() - started < 60
+    assert [v.version for v in registry.get_model("digits").versions] == [1]
