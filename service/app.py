@@ -1,0 +1,189 @@
+"""The FastAPI app factory: settings, database, registry, model cache, metrics, routers, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.db import Database, upgrade_database
+from service.errors import PayloadTooLarge, SpectralError
+from service.inference import ModelCache
+from service.metrics import ServiceMetrics
+from service.registry import Registry
+from service.routes import aliases, models, ops, predict
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+_UPLOAD_PATH = re.compile(r"^/models(/[^/]+/versions)?/?$")
+# Room for the multipart boundaries and the form's other fields around the file itself.
+_MULTIPART_OVERHEAD = 64 * 1024
+
+ReadinessCheck = Callable[[], Any]
+
+
+class UploadSizeLimit:
+    """Refuses model uploads over the limit with 413 while the body streams in.
+
+    A declared Content-Length over the limit is refused before reading anything; otherwise the
+    bytes are counted as they arrive, so a chunked upload is cut off as soon as it passes the
+    limit rather than being spooled whole.
+    """
+
+    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
+        self.app = app
+        self.limit = limit_bytes + _MULTIPART_OVERHEAD
+        self.file_limit = limit_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not _UPLOAD_PATH.match(scope["path"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise self._error()
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"Upload exceeds the limit of {self.file_limit / (1024 * 1024):g} MiB",
+            details={"limit_bytes": self.file_limit},
+        )
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(self._error().to_dict(), status_code=413)
+        await response(  # type: ignore[arg-type]
+            {"type": "http", "headers": []}, _no_body, send
+        )
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _error_response(error: SpectralError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if error.status_code == 401 else None
+    return JSONResponse(error.to_dict(), status_code=error.status_code, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def spectral_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, SpectralError)
+        return _error_response(exc)
+
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = [
+            {
+                "location": [str(part) for part in err.get("loc", ())],
+                "message": err.get("msg", ""),
+            }
+            for err in exc.errors()
+        ]
+        summary = "; ".join(f"{'.'.join(p['location'])}: {p['message']}" for p in problems)
+        body = {
+            "error": {
+                "code": "invalid_request",
+                "message": f"Invalid request: {summary}",
+                "details": {"errors": problems},
+            }
+        }
+        return JSONResponse(body, status_code=422)
+
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, SpectralError):
+            # FastAPI wraps errors raised while parsing a body (e.g. the upload size limit).
+            return _error_response(exc.__cause__)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"error": {"code": code, "message": str(exc.detail), "details": None}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(SpectralError, spectral_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def _install_http_metrics(app: FastAPI, metrics: ServiceMetrics) -> None:
+    @app.middleware("http")
+    async def record(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.http_requests.labels(request.method, template, str(status)).inc()
+            metrics.http_latency.labels(request.method, template).observe(
+                time.perf_counter() - start
+            )
+
+
+def _optional_routers() -> list[Any]:
+    """Routers owned by the jobs/datasets side, included when their modules exist."""
+    routers = []
+    for name in ("service.routes.datasets", "service.routes.jobs"):
+        if importlib.util.find_spec(name) is not None:
+            routers.append(importlib.import_module(name).router)
+    return routers
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Builds the API for ``settings`` (default: from the environment), migrating the database."""
+    settings = settings or get_settings()
+    upgrade_database(settings)
+    database = Database(settings)
+    registry = Registry.from_settings(settings, database)
+    metrics = ServiceMetrics()
+
+    app = FastAPI(
+        title="Spectral model service",
+        version="0.1.0",
+        description="Registry of spectral Keras models with versions, aliases, lineage and "
+        "a versioned predict API.",
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.registry = registry
+    app.state.metrics = metrics
+    app.state.model_cache = ModelCache(registry.load_keras_model, settings.model_cache_size)
+    app.state.readiness_checks = [("database", database.ping)]
+
+    _install_error_handlers(app)
+    _install_http_metrics(app, metrics)
+    app.add_middleware(UploadSizeLimit, limit_bytes=settings.max_upload_bytes)
+    for router in (ops.router, models.router, aliases.router, predict.router):
+        app.include_router(router)
+    for router in _optional_routers():
+        app.include_router(router)
+    return app

@@ -1,0 +1,116 @@
+"""Database engine, sessions and schema migrations (Alembic) for the registry and the jobs."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# An arbitrary constant: the PostgreSQL advisory lock that serialises concurrent migrations.
+_MIGRATION_LOCK_ID = 0x5EC7_0001
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def create_engine_from_settings(settings: Settings) -> Engine:
+    """An engine for the settings' database URL (SQLite: WAL mode, busy timeout, dir created)."""
+    url = settings.resolved_database_url
+    if _is_sqlite(url):
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            # WAL lets the API read while a worker writes; the API and workers share the file.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Database:
+    """An engine plus its session factory."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or create_engine_from_settings(settings)
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        session = self.sessionmaker()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade_database(settings: Settings, revision: str = "head") -> None:
+    """Brings the schema to ``revision``; safe to call from several processes at once."""
+    engine = create_engine_from_settings(settings)
+    url = settings.resolved_database_url
+    try:
+        if _is_sqlite(url):
+            # SQLite has no advisory locks: serialise the API and worker processes on a lock file.
+            lock_path = Path(settings.data_dir) / ".migrate.lock"
+            with open(lock_path, "w") as lock, engine.begin() as conn:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    _run_upgrade(url, conn, revision)
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+        else:
+            with engine.begin() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+                _run_upgrade(url, conn, revision)
+    finally:
+        engine.dispose()
+
+
+def _run_upgrade(url: str, conn: Any, revision: str) -> None:
+    config = alembic_config(url)
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
+    logger.debug("database at %s upgraded to %s", url.split("@")[-1], revision)

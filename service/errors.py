@@ -1,0 +1,86 @@
+"""The service's one error hierarchy.
+
+Every error a client can see is a `SpectralError`: it carries an HTTP status, a stable
+snake_case ``code`` and a human ``message``. The app factory registers one handler that turns
+any of them into ``{"error": {"code", "message", "details"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SpectralError(Exception):
+    """Base class of every client-visible service error."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class ModelNotFound(SpectralError):
+    status_code = 404
+    code = "model_not_found"
+
+
+class VersionNotFound(SpectralError):
+    status_code = 404
+    code = "version_not_found"
+
+
+class AliasNotFound(SpectralError):
+    status_code = 404
+    code = "alias_not_found"
+
+
+class ReportNotFound(SpectralError):
+    status_code = 404
+    code = "report_not_found"
+
+
+class ModelExists(SpectralError):
+    status_code = 409
+    code = "model_exists"
+
+
+class InvalidInput(SpectralError):
+    """A request body or parameter the service cannot act on (bad predict inputs, bad name)."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class ArtifactRejected(SpectralError):
+    """An uploaded model file that is not a safe, loadable .keras archive."""
+
+    status_code = 400
+    code = "artifact_rejected"
+
+
+class UnsupportedMediaType(ArtifactRejected):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLarge(SpectralError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(SpectralError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class ArtifactCorrupted(SpectralError):
+    """A stored artifact whose bytes no longer match their sha256."""
+
+    status_code = 500
+    code = "artifact_corrupted"

@@ -1,0 +1,396 @@
+"""The model registry: models, their immutable integer versions, and named aliases.
+
+Rows live in the database (`service.db`); the .keras bytes live in the content-addressed
+`ArtifactStore` under ``<data_dir>/artifacts``. An upload is validated completely before anything
+is written, so a rejected upload leaves no row and no file behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    String,
+    func,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from service.artifacts import ArtifactStore
+from service.db import Base, Database
+from service.errors import (
+    AliasNotFound,
+    InvalidInput,
+    ModelExists,
+    ModelNotFound,
+    ReportNotFound,
+    VersionNotFound,
+)
+from service.model_loading import inspect_artifact, load_model_bytes
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+_ADD_VERSION_ATTEMPTS = 8
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class VersionRow(Base):
+    __tablename__ = "model_versions"
+
+    model_id: Mapped[str] = mapped_column(
+        String(200), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    parent_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    report_png_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AliasRow(Base):
+    __tablename__ = "aliases"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["model_id", "version"], ["model_versions.model_id", "model_versions.version"]
+        ),
+    )
+
+    model_id: Mapped[str] = mapped_column(
+        String(200), ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    alias: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One immutable model version, as stored."""
+
+    model_id: str
+    version: int
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    metadata: dict[str, Any]
+    parent_version: int | None = None
+    lineage: dict[str, Any] | None = None
+    job_id: str | None = None
+    report: dict[str, Any] | None = None
+    report_png_sha256: str | None = None
+
+    @classmethod
+    def from_row(cls, row: VersionRow) -> VersionRecord:
+        return cls(
+            model_id=row.model_id,
+            version=row.version,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            created_at=_aware(row.created_at),
+            metadata=row.meta,
+            parent_version=row.parent_version,
+            lineage=row.lineage,
+            job_id=row.job_id,
+            report=row.report,
+            report_png_sha256=row.report_png_sha256,
+        )
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model with all its versions (oldest first) and aliases."""
+
+    id: str
+    created_at: datetime
+    versions: list[VersionRecord] = field(default_factory=list)
+    aliases: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def latest_version(self) -> int | None:
+        return self.versions[-1].version if self.versions else None
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite drops the timezone; everything is stored in UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def check_slug(value: str, what: str) -> str:
+    if not SLUG.fullmatch(value):
+        raise InvalidInput(
+            f"Invalid {what} {value!r}: expected lowercase letters, digits, '-' or '_' "
+            "(1-100 characters, starting with a letter or digit)"
+        )
+    return value
+
+
+class Registry:
+    """Registry operations over a `Database` and an `ArtifactStore`.
+
+    Args:
+        database: Where the rows live (schema already upgraded).
+        store: Where the .keras files and report images live.
+    """
+
+    def __init__(self, database: Database, store: ArtifactStore) -> None:
+        self.database = database
+        self.store = store
+
+    @classmethod
+    def from_settings(cls, settings: Settings, database: Database | None = None) -> Registry:
+        return cls(database or Database(settings), ArtifactStore(artifact_root(settings)))
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def create_model(self, name: str, data: bytes) -> VersionRecord:
+        """Registers a new model ``name`` with ``data`` as version 1.
+
+        Raises:
+            InvalidInput: ``name`` is not a slug.
+            ModelExists: a model with that name exists.
+            ArtifactRejected: ``data`` is not a safe .keras model.
+        """
+        check_slug(name, "model name")
+        with self.database.session() as session:
+            if session.get(ModelRow, name) is not None:
+                raise ModelExists(f"Model {name!r} already exists; upload a new version instead")
+        metadata = inspect_artifact(data)
+        sha256, size = self.store.put(data)
+        now = datetime.now(UTC)
+        try:
+            with self.database.session() as session:
+                session.add(ModelRow(id=name, created_at=now))
+                session.flush()
+                row = self._new_version_row(name, 1, sha256, size, now, metadata)
+                session.add(row)
+                session.flush()
+                record = VersionRecord.from_row(row)
+        except IntegrityError as exc:
+            self._discard_unreferenced(sha256)
+            raise ModelExists(f"Model {name!r} already exists") from exc
+        logger.info("created model %s (sha256 %s, %d bytes)", name, sha256[:12], size)
+        return record
+
+    def add_version(
+        self,
+        model_id: str,
+        data: bytes,
+        *,
+        parent_version: int | None = None,
+        lineage: dict[str, Any] | None = None,
+        job_id: str | None = None,
+        report: dict[str, Any] | None = None,
+        report_png: bytes | None = None,
+    ) -> VersionRecord:
+        """Adds the next version of ``model_id``; idempotent on ``job_id``.
+
+        If a version made by ``job_id`` already exists it is returned unchanged, so a retried job
+        never creates a second version.
+
+        Raises:
+            ModelNotFound: no such model.
+            VersionNotFound: ``parent_version`` does not exist.
+            ArtifactRejected: ``data`` is not a safe .keras model.
+        """
+        if job_id is not None:
+            existing = self._by_job_id(job_id)
+            if existing is not None:
+                return existing
+        with self.database.session() as session:
+            self._require_model(session, model_id)
+            if parent_version is not None:
+                self._require_version(session, model_id, parent_version)
+        metadata = inspect_artifact(data)
+        sha256, size = self.store.put(data)
+        png_sha = self.store.put(report_png)[0] if report_png is not None else None
+        for _ in range(_ADD_VERSION_ATTEMPTS):
+            try:
+                with self.database.session() as session:
+                    latest = session.scalar(
+                        select(func.max(VersionRow.version)).where(VersionRow.model_id == model_id)
+                    )
+                    row = self._new_version_row(
+                        model_id, (latest or 0) + 1, sha256, size, datetime.now(UTC), metadata
+                    )
+                    row.parent_version = parent_version
+                    row.lineage = lineage
+                    row.job_id = job_id
+                    row.report = report
+                    row.report_png_sha256 = png_sha
+                    session.add(row)
+                    session.flush()
+                    record = VersionRecord.from_row(row)
+            except IntegrityError:
+                # Either the same job won the race (return its version) or another upload took
+                # this version number (try the next one).
+                if job_id is not None:
+                    existing = self._by_job_id(job_id)
+                    if existing is not None:
+                        return existing
+                continue
+            logger.info("model %s: added version %d (job %s)", model_id, record.version, job_id)
+            return record
+        raise RuntimeError(f"Could not allocate a version number for {model_id!r}")
+
+    def set_alias(self, model_id: str, alias: str, version: int) -> None:
+        check_slug(alias, "alias")
+        with self.database.session() as session:
+            self._require_version(session, model_id, version)
+            row = session.get(AliasRow, (model_id, alias))
+            if row is None:
+                session.add(AliasRow(model_id=model_id, alias=alias, version=version))
+            else:
+                row.version = version
+
+    def delete_alias(self, model_id: str, alias: str) -> None:
+        with self.database.session() as session:
+            self._require_model(session, model_id)
+            row = session.get(AliasRow, (model_id, alias))
+            if row is None:
+                raise AliasNotFound(f"Model {model_id!r} has no alias {alias!r}")
+            session.delete(row)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def list_models(self) -> list[ModelRecord]:
+        with self.database.session() as session:
+            ids = session.scalars(select(ModelRow.id).order_by(ModelRow.id)).all()
+            return [self._model_record(session, model_id) for model_id in ids]
+
+    def get_model(self, model_id: str) -> ModelRecord:
+        with self.database.session() as session:
+            return self._model_record(session, model_id)
+
+    def resolve(
+        self, model_id: str, version: int | None = None, alias: str | None = None
+    ) -> VersionRecord:
+        """The version asked for: by number, by alias, or (neither given) the latest."""
+        with self.database.session() as session:
+            self._require_model(session, model_id)
+            if version is None and alias is not None:
+                alias_row = session.get(AliasRow, (model_id, alias))
+                if alias_row is None:
+                    raise AliasNotFound(f"Model {model_id!r} has no alias {alias!r}")
+                version = alias_row.version
+            if version is None:
+                row = session.scalars(
+                    select(VersionRow)
+                    .where(VersionRow.model_id == model_id)
+                    .order_by(VersionRow.version.desc())
+                    .limit(1)
+                ).first()
+                if row is None:
+                    raise VersionNotFound(f"Model {model_id!r} has no versions")
+                return VersionRecord.from_row(row)
+            return VersionRecord.from_row(self._require_version(session, model_id, version))
+
+    def alias_version(self, model_id: str, alias: str) -> int | None:
+        with self.database.session() as session:
+            row = session.get(AliasRow, (model_id, alias))
+            return row.version if row is not None else None
+
+    def artifact_path(self, record: VersionRecord) -> Path:
+        return self.store.path(record.sha256)
+
+    def read_artifact(self, record: VersionRecord) -> bytes:
+        return self.store.read(record.sha256)
+
+    def read_report_png(self, record: VersionRecord) -> bytes:
+        if record.report_png_sha256 is None:
+            raise ReportNotFound(
+                f"Model {record.model_id!r} version {record.version} has no report image"
+            )
+        return self.store.read(record.report_png_sha256)
+
+    def load_keras_model(self, record: VersionRecord) -> Any:
+        """Loads the version's model after verifying its checksum (safe_mode on)."""
+        return load_model_bytes(self.store.read(record.sha256))
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _new_version_row(
+        model_id: str,
+        version: int,
+        sha256: str,
+        size: int,
+        created_at: datetime,
+        metadata: dict[str, Any],
+    ) -> VersionRow:
+        return VersionRow(
+            model_id=model_id,
+            version=version,
+            sha256=sha256,
+            size_bytes=size,
+            created_at=created_at,
+            meta=metadata,
+        )
+
+    def _by_job_id(self, job_id: str) -> VersionRecord | None:
+        with self.database.session() as session:
+            row = session.scalars(select(VersionRow).where(VersionRow.job_id == job_id)).first()
+            return VersionRecord.from_row(row) if row is not None else None
+
+    def _discard_unreferenced(self, sha256: str) -> None:
+        with self.database.session() as session:
+            used = session.scalar(
+                select(func.count()).select_from(VersionRow).where(VersionRow.sha256 == sha256)
+            )
+        if not used:
+            self.store.delete(sha256)
+
+    @staticmethod
+    def _require_model(session: Session, model_id: str) -> ModelRow:
+        row = session.get(ModelRow, model_id)
+        if row is None:
+            raise ModelNotFound(f"No model named {model_id!r}")
+        return row
+
+    @staticmethod
+    def _require_version(session: Session, model_id: str, version: int) -> VersionRow:
+        Registry._require_model(session, model_id)
+        row = session.get(VersionRow, (model_id, version))
+        if row is None:
+            raise VersionNotFound(f"Model {model_id!r} has no version {version}")
+        return row
+
+    def _model_record(self, session: Session, model_id: str) -> ModelRecord:
+        model = self._require_model(session, model_id)
+        versions = session.scalars(
+            select(VersionRow).where(VersionRow.model_id == model_id).order_by(VersionRow.version)
+        ).all()
+        aliases = session.scalars(select(AliasRow).where(AliasRow.model_id == model_id)).all()
+        return ModelRecord(
+            id=model.id,
+            created_at=_aware(model.created_at),
+            versions=[VersionRecord.from_row(v) for v in versions],
+            aliases={a.alias: a.version for a in sorted(aliases, key=lambda a: a.alias)},
+        )
+
+
+def artifact_root(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "artifacts"

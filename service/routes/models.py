@@ -1,0 +1,132 @@
+"""Models and their versions: upload, list, metadata, artifact download, pruning reports."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile, status
+from fastapi.responses import JSONResponse, Response
+
+from service.deps import RegistryDep, SettingsDep, require_read, require_write
+from service.errors import PayloadTooLarge, ReportNotFound, UnsupportedMediaType
+from service.schemas import ModelPublic, ModelsPublic, VersionPublic, VersionsPublic
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+ReadAuth = [Depends(require_read)]
+WriteAuth = [Depends(require_write)]
+
+
+def _upload_bytes(file: UploadFile, settings: Settings) -> bytes:
+    """The uploaded file's bytes, after checking its name and its size against the limit."""
+    if file.filename and not file.filename.lower().endswith(".keras"):
+        raise UnsupportedMediaType(
+            f"Expected a .keras file, got {file.filename!r}",
+            details={"filename": file.filename},
+        )
+    limit = settings.max_upload_bytes
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(
+            f"Upload exceeds the limit of {settings.max_upload_mb:g} MiB",
+            details={"limit_bytes": limit},
+        )
+    return data
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=VersionPublic, dependencies=WriteAuth
+)
+def create_model(
+    registry: RegistryDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="A .keras model file.")],
+    name: Annotated[str, Form(description="The model's id: a lowercase slug.")],
+) -> VersionPublic:
+    """Registers a new model; the upload becomes version 1."""
+    record = registry.create_model(name, _upload_bytes(file, settings))
+    return VersionPublic.from_record(record)
+
+
+@router.get("", response_model=ModelsPublic, dependencies=ReadAuth)
+def list_models(registry: RegistryDep) -> ModelsPublic:
+    models = [ModelPublic.from_record(m) for m in registry.list_models()]
+    return ModelsPublic(data=models, count=len(models))
+
+
+@router.get("/{model_id}", response_model=ModelPublic, dependencies=ReadAuth)
+def get_model(model_id: str, registry: RegistryDep) -> ModelPublic:
+    """The model with all its versions, its aliases and its latest version number."""
+    return ModelPublic.from_record(registry.get_model(model_id))
+
+
+@router.post(
+    "/{model_id}/versions",
+    status_code=status.HTTP_201_CREATED,
+    response_model=VersionPublic,
+    dependencies=WriteAuth,
+)
+def add_version(
+    model_id: str,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="A .keras model file.")],
+) -> VersionPublic:
+    """Uploads the next version of a model."""
+    record = registry.add_version(model_id, _upload_bytes(file, settings))
+    return VersionPublic.from_record(record)
+
+
+@router.get("/{model_id}/versions", response_model=VersionsPublic, dependencies=ReadAuth)
+def list_versions(model_id: str, registry: RegistryDep) -> VersionsPublic:
+    versions = [VersionPublic.from_record(v) for v in registry.get_model(model_id).versions]
+    return VersionsPublic(data=versions, count=len(versions))
+
+
+@router.get("/{model_id}/versions/{version}", response_model=VersionPublic, dependencies=ReadAuth)
+def get_version(model_id: str, version: int, registry: RegistryDep) -> VersionPublic:
+    """Shapes, dtypes, parameter count, Spectral units, size, checksum, parent and lineage."""
+    return VersionPublic.from_record(registry.resolve(model_id, version))
+
+
+@router.get(
+    "/{model_id}/versions/{version}/artifact",
+    response_class=Response,
+    dependencies=ReadAuth,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_artifact(model_id: str, version: int, registry: RegistryDep) -> Response:
+    """The exact bytes that were uploaded (checksum verified)."""
+    record = registry.resolve(model_id, version)
+    return Response(
+        registry.read_artifact(record),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{model_id}-v{version}.keras"',
+            "ETag": f'"{record.sha256}"',
+        },
+    )
+
+
+@router.get("/{model_id}/versions/{version}/report", dependencies=ReadAuth)
+def get_report(model_id: str, version: int, registry: RegistryDep) -> JSONResponse:
+    """The pruning report of a version a job produced."""
+    record = registry.resolve(model_id, version)
+    if record.report is None:
+        raise ReportNotFound(f"Model {model_id!r} version {version} has no report")
+    return JSONResponse(record.report)
+
+
+@router.get(
+    "/{model_id}/versions/{version}/report.png",
+    response_class=Response,
+    dependencies=ReadAuth,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_report_png(model_id: str, version: int, registry: RegistryDep) -> Response:
+    record = registry.resolve(model_id, version)
+    return Response(registry.read_report_png(record), media_type="image/png")

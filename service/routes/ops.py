@@ -1,0 +1,44 @@
+"""Operational endpoints: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.deps import MetricsDep
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """Runs every readiness check on ``app.state.readiness_checks``; 503 if any fails."""
+    results: dict[str, Any] = {}
+    ready = True
+    for name, check in request.app.state.readiness_checks:
+        try:
+            check()
+            results[name] = "ok"
+        except Exception as exc:  # a failing check must be reported, whatever it raised
+            logger.warning("readiness check %s failed: %s", name, exc)
+            results[name] = f"failed: {exc}"
+            ready = False
+    body = {"status": "ready" if ready else "not_ready", "checks": results}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+def metrics(service_metrics: MetricsDep) -> Response:
+    return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,129 @@
+"""Request and response bodies of the HTTP API, in families per resource."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from service.registry import ModelRecord, VersionRecord
+
+
+class TensorSpec(BaseModel):
+    name: str | None
+    shape: list[int | None]
+    dtype: str
+
+
+class SpectralLayerPublic(BaseModel):
+    name: str
+    units: int
+
+
+class VersionPublic(BaseModel):
+    """One model version: what it accepts and returns, its size, checksum and origin."""
+
+    id: str = Field(description="The model's id (its name).")
+    model_id: str
+    version: int
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    parent_version: int | None
+    lineage: dict[str, Any] | None = Field(
+        description="How this version was made when a job produced it: job_id, method, params."
+    )
+    job_id: str | None
+    has_report: bool
+    has_report_png: bool
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    param_count: int
+    spectral_layers: list[SpectralLayerPublic]
+    spectral_units: int
+
+    @classmethod
+    def from_record(cls, record: VersionRecord) -> VersionPublic:
+        meta = record.metadata
+        return cls(
+            id=record.model_id,
+            model_id=record.model_id,
+            version=record.version,
+            sha256=record.sha256,
+            size_bytes=record.size_bytes,
+            created_at=record.created_at,
+            parent_version=record.parent_version,
+            lineage=record.lineage,
+            job_id=record.job_id,
+            has_report=record.report is not None,
+            has_report_png=record.report_png_sha256 is not None,
+            inputs=[TensorSpec(**spec) for spec in meta.get("inputs", [])],
+            outputs=[TensorSpec(**spec) for spec in meta.get("outputs", [])],
+            param_count=meta.get("param_count", 0),
+            spectral_layers=[SpectralLayerPublic(**s) for s in meta.get("spectral_layers", [])],
+            spectral_units=meta.get("spectral_units", 0),
+        )
+
+
+class VersionsPublic(BaseModel):
+    data: list[VersionPublic]
+    count: int
+
+
+class ModelPublic(BaseModel):
+    id: str
+    created_at: datetime
+    latest_version: int | None
+    aliases: dict[str, int]
+    versions: list[VersionPublic]
+
+    @classmethod
+    def from_record(cls, record: ModelRecord) -> ModelPublic:
+        return cls(
+            id=record.id,
+            created_at=record.created_at,
+            latest_version=record.latest_version,
+            aliases=record.aliases,
+            versions=[VersionPublic.from_record(v) for v in record.versions],
+        )
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class AliasUpdate(BaseModel):
+    version: int = Field(ge=1)
+
+
+class AliasPublic(BaseModel):
+    model_id: str
+    alias: str
+    version: int
+
+
+class PredictRequest(BaseModel):
+    inputs: Any = Field(
+        description="A batch as nested lists (one-input models), or an object keyed by input "
+        "name whose values are batches (multi-input models)."
+    )
+
+
+class PredictResponse(BaseModel):
+    model_id: str
+    version: int
+    outputs: Any = Field(
+        description="Nested lists (one-output models) or an object keyed by output name."
+    )
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
