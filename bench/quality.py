@@ -89,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compact-epochs", type=int, default=None, help="phase 3 epochs (default: --epochs)"
     )
+    parser.add_argument(
+        "--scope",
+        choices=["global", "layer"],
+        default="global",
+        help="one cutoff over both layers, or one per layer (results get a _layer suffix)",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (1 seed, 3 epochs)")
     parser.add_argument("--verbose", action="store_true")
@@ -113,6 +119,12 @@ def percentile_grid(step: float, maximum: float) -> list[float]:
     return grid
 
 
+def per_layer_units(model: keras.Model) -> dict[str, int]:
+    return {
+        layer.name: layer.units for layer in model.layers if isinstance(layer, spectral.Spectral)
+    }
+
+
 def run_post_training(
     data: DigitsSplit, seed: int, grid: list[float], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
@@ -128,13 +140,14 @@ def run_post_training(
     units_before = spectral_units(model)
     rows = []
     for percentile in grid:
-        pruned = spectral.prune_percentile(model, percentile, compile_kwargs())
+        pruned = spectral.prune_percentile(model, percentile, compile_kwargs(), scope=args.scope)
         units_after = spectral_units(pruned)
         common = {
             "seed": seed,
             "percentile": percentile,
             "units_before": units_before,
             "units_after": units_after,
+            "units_per_layer": per_layer_units(pruned),
             "removed_fraction": 1.0 - units_after / units_before,
             "params": pruned.count_params(),
         }
@@ -169,6 +182,7 @@ def run_pretraining(
             compile_dictionary=compile_kwargs(),
             percentile=percentile,
             fine_tune_kwargs=fit_kwargs(data, args.compact_epochs),
+            scope=args.scope,
         )
         report = result.report
         units_before = sum(report.units_before.values())
@@ -190,6 +204,7 @@ def run_pretraining(
                 "percentile": percentile,
                 "units_before": units_before,
                 "units_after": units_after,
+                "units_per_layer": per_layer_units(result.model),
                 "removed_fraction": 1.0 - units_after / units_before,
                 "report_removed_fraction": report.nodes_removed_fraction,
                 "params": result.model.count_params(),
@@ -311,7 +326,8 @@ def to_markdown(
         "",
         f"Model 64 -> Spectral{HIDDEN_UNITS[0]} -> Spectral{HIDDEN_UNITS[1]} -> Dense 10 "
         f"(relu, bias; L2 {BASE_L2:g} on base, {DIAG_L2:g} on eigenvalues), Adam "
-        f"{LEARNING_RATE:g}, batch {BATCH_SIZE}, {args.epochs} epochs, seeds {args.seeds}. "
+        f"{LEARNING_RATE:g}, batch {BATCH_SIZE}, {args.epochs} epochs, seeds {args.seeds}, "
+        f"pruning scope `{args.scope}`. "
         f"Fine-tune: {args.finetune_epochs} epochs. Pre-training pipeline: "
         f"{args.pretrain_epochs} eigenvalue-only epochs, then {args.compact_epochs} epochs of "
         "the compact model. Test split: 20 % stratified (360 images). Accuracy in %, "
@@ -350,12 +366,15 @@ def main(argv: list[str] | None = None) -> int:
         rows += run_pretraining(data, seed, args.pretrain_percentiles, args)
     table = aggregate(rows)
     target = check_target(table)
-    stem = "quality_quick" if args.quick else "quality"
+    stem = (
+        "quality" + ("_layer" if args.scope == "layer" else "") + ("_quick" if args.quick else "")
+    )
     payload = {
         "benchmark": "quality",
         "environment": env,
         "config": {
             "seeds": args.seeds,
+            "scope": args.scope,
             "epochs": args.epochs,
             "finetune_epochs": args.finetune_epochs,
             "pretrain_epochs": args.pretrain_epochs,
