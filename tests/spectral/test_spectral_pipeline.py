@@ -1,0 +1,95 @@
+"""The eigenvalue-pretraining pipeline: eigenvalues only, prune, fine-tune the compact model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import COMPILE as BASE_COMPILE
+
+from spectral import Spectral, eigenvalue_pretraining
+from spectral.graph import spectral_layers
+
+
+# A fresh optimizer per compile (a dict, not a shared instance); eigenvalues need a bigger step.
+COMPILE = {**BASE_COMPILE, "optimizer": {"class_name": "Adam", "config": {"learning_rate": 0.02}}}
+
+
+def _fresh_model() -> keras.Model:
+    keras.utils.set_random_seed(3)
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            Spectral(40, activation="relu", use_bias=True),
+            Spectral(30, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+
+
+class _Snapshot(keras.callbacks.Callback):
+    """Records every Spectral base at the end of phase-1 training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bases: dict[str, np.ndarray] = {}
+        self.eigenvalues: dict[str, np.ndarray] = {}
+
+    def on_train_end(self, logs=None) -> None:
+        for path, layer in spectral_layers(self.model):
+            self.bases[path] = layer.return_base()
+            self.eigenvalues[path] = layer.eigenvalues
+
+
+def test_pipeline_freezes_base_then_prunes_and_fine_tunes(digits) -> None:
+    x_train, y_train, x_val, y_val = digits
+    model = _fresh_model()
+    initial = {p: layer.return_base() for p, layer in spectral_layers(model)}
+    initial_eigs = {p: layer.eigenvalues for p, layer in spectral_layers(model)}
+    snapshot = _Snapshot()
+    calls: list[float] = []
+    model_small, report = eigenvalue_pretraining(
+        model,
+        {"x": x_train, "y": y_train, "epochs": 3, "batch_size": 64, "callbacks": [snapshot]},
+        compile_dictionary=COMPILE,
+        percentile=50,
+        eval_dictionary={"x": x_val, "y": y_val},
+        fine_tune_kwargs={"x": x_train, "y": y_train, "epochs": 2, "batch_size": 64},
+        progress=lambda f, m: calls.append(f),
+    )
+    for path, base in initial.items():
+        np.testing.assert_array_equal(snapshot.bases[path], base)  # base frozen in phase 1
+        assert not np.allclose(snapshot.eigenvalues[path], initial_eigs[path])  # eigs trained
+        np.testing.assert_array_equal(dict(spectral_layers(model))[path].return_base(), base)
+    assert report.method == "pretrain"
+    assert report.to_dict()["method"] == "pretrain"
+    units = {p: layer.units for p, layer in spectral_layers(model_small)}
+    first = next(iter(units))
+    assert units[first] < 40
+    assert units == report.units_after
+    assert report.params_after == model_small.count_params() < model.count_params()
+    assert report.metric_after is not None and report.metric_after > 0.5
+    # The compact model's bases train again in the fine-tuning phase.
+    assert all(layer.base.trainable for _, layer in spectral_layers(model_small))
+    assert calls[0] == 0.0 and calls[-1] == 1.0 and calls == sorted(calls)
+
+
+def test_pipeline_metric_search(digits) -> None:
+    x_train, y_train, x_val, y_val = digits
+    model_small, report = eigenvalue_pretraining(
+        _fresh_model(),
+        {"x": x_train, "y": y_train, "epochs": 2, "batch_size": 128},
+        compile_dictionary=COMPILE,
+        eval_dictionary={"x": x_val, "y": y_val},
+        compare_metric="accuracy",
+        max_delta_percent=20,
+        percentile_step=20,
+    )
+    assert report.method == "pretrain"
+    assert report.evaluations and report.percentile in (0, 20, 40, 60, 80, 100)
+
+
+def test_pipeline_needs_a_way_to_compile(digits) -> None:
+    x_train, y_train, _, _ = digits
+    with pytest.raises(ValueError, match="compile_dictionary"):
+        eigenvalue_pretraining(_fresh_model(), {"x": x_train, "y": y_train}, percentile=10)
