@@ -15,6 +15,7 @@ import logging
 from celery import Celery
 
 from service.settings import Settings, get_settings
+from worker.sqlite_broker import embedded_url
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ TASK_NAME = "spectral.run_pruning_job"
 def celery_config(settings: Settings) -> dict[str, object]:
     """The Celery configuration for these settings."""
     return {
-        "broker_url": settings.resolved_broker_url,
+        "broker_url": embedded_url(settings.resolved_broker_url),
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             # Embedded SQLite broker: how often an idle worker looks for a message.

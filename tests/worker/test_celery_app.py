@@ -21,7 +21,8 @@ def test_config_follows_settings(tmp_path: Path) -> None:
         broker_polling_interval_s=0.05,
     )
     config = celery_config(settings)
-    assert config["broker_url"] == f"sqla+sqlite:///{(tmp_path / 'broker.db').resolve()}"
+    url = f"spectral-sqla+sqlite:///{(tmp_path / 'broker.db').resolve()}"
+    assert config["broker_url"] == url  # kombu's sqla transport, polled at our interval
     assert config["accept_content"] == ["json"]
     assert config["task_serializer"] == config["result_serializer"] == "json"
     assert config["task_acks_late"] is True and config["task_reject_on_worker_lost"] is True
