@@ -111,9 +111,7 @@ def read_arrays(data: bytes) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetRejected(f"Dataset is not a readable .npz archive: {exc}") from exc
     for name, array in (("x", x), ("y", y)):
         if array.dtype.kind not in _NUMERIC_KINDS:
-            raise DatasetRejected(
-                f"Array {name!r} must be numeric. Received dtype: {array.dtype}"
-            )
+            raise DatasetRejected(f"Array {name!r} must be numeric. Received dtype: {array.dtype}")
         if array.ndim == 0 or array.shape[0] == 0:
             raise DatasetRejected(
                 f"Array {name!r} needs at least one sample. Received shape: {list(array.shape)}"
