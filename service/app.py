@@ -22,6 +22,7 @@ from service.metrics import ServiceMetrics
 from service.registry import Registry
 from service.routes import aliases, models, ops, predict
 from service.settings import Settings, get_settings
+from worker.celery_app import broker_check, create_celery
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.model_cache = ModelCache(registry.load_keras_model, settings.model_cache_size)
     app.state.readiness_checks = [("database", database.ping)]
+    app.state.celery = create_celery(settings)  # sends job messages; see routes/jobs.py
+    app.state.readiness_checks.append(("broker", broker_check(app.state.celery)))
 
     _install_error_handlers(app)
     _install_http_metrics(app, metrics)

@@ -11,6 +11,7 @@ TensorFlow, Keras and `spectral`: the pool's children import them after the fork
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from celery import Celery
 
@@ -62,6 +63,16 @@ def create_celery(settings: Settings | None = None) -> Celery:
 def enqueue_job(celery: Celery, job_id: str, queue: str) -> None:
     """Send the message that makes a worker on ``queue`` run job ``job_id``."""
     celery.send_task(TASK_NAME, args=[job_id], queue=queue)
+
+
+def broker_check(celery: Celery) -> Callable[[], None]:
+    """A readiness check for ``/readyz``: raises when the broker cannot be reached."""
+
+    def check() -> None:
+        with celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=3)
+
+    return check
 
 
 app = create_celery()

@@ -9,17 +9,14 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from service import jobs
 from service.deps import RegistryDep, SettingsDep, require_read, require_write
-from worker.celery_app import create_celery, enqueue_job
+from worker.celery_app import enqueue_job
 
 router = APIRouter(tags=["jobs"])
 
 
-def _celery(request: Request, settings: SettingsDep) -> Celery:
-    """The app's Celery client, made on first use (it only sends messages)."""
-    celery: Celery | None = getattr(request.app.state, "celery", None)
-    if celery is None:
-        celery = create_celery(settings)
-        request.app.state.celery = celery
+def _celery(request: Request) -> Celery:
+    """The app's Celery client (made by the app factory; it only sends messages)."""
+    celery: Celery = request.app.state.celery
     return celery
 
 
