@@ -18,6 +18,10 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# pytest puts tests/ on sys.path for this conftest, where tests/spectral and tests/service would
+# shadow the real packages as namespace packages; the repository root must come first.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
 POSTGRES_ADMIN_URL = "postgresql+psycopg://127.0.0.1:5432/test"
 API_START_TIMEOUT_S = 120.0
 

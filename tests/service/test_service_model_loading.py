@@ -1,0 +1,90 @@
+"""Upload validation: zip and config checks, class allow-list, safe loading, metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from service_helpers import lambda_model_bytes
+
+from service.errors import ArtifactRejected
+from service.model_loading import check_config, inspect_artifact
+
+
+def test_inspect_returns_shapes_params_and_spectral_units(digits_model_path: Path) -> None:
+    meta = inspect_artifact(digits_model_path.read_bytes())
+    assert meta["inputs"] == [{"name": "pixels", "shape": [None, 64], "dtype": "float32"}]
+    assert meta["outputs"][0]["shape"] == [None, 10]
+    assert [layer["units"] for layer in meta["spectral_layers"]] == [32, 16]
+    assert meta["spectral_units"] == 48
+    assert meta["param_count"] > 0
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"not a zip at all", "not a zip"),
+        (b"", "not a zip"),
+    ],
+)
+def test_rejects_non_archives(data: bytes, message: str) -> None:
+    with pytest.raises(ArtifactRejected, match=message):
+        inspect_artifact(data)
+
+
+def test_rejects_truncated_archive(digits_model_path: Path) -> None:
+    data = digits_model_path.read_bytes()
+    with pytest.raises(ArtifactRejected):
+        inspect_artifact(data[: len(data) // 2])
+
+
+def test_rejects_lambda_model(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactRejected, match="Lambda"):
+        inspect_artifact(lambda_model_bytes(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"module": "keras.layers", "class_name": "Lambda", "config": {}}, "Lambda"),
+        ({"module": "os", "class_name": "system", "config": {}}, "module 'os'"),
+        (
+            {"module": "evil", "class_name": "Layer", "registered_name": "evil>Layer"},
+            "custom class 'evil>Layer'",
+        ),
+        (
+            {
+                "module": "keras",
+                "class_name": "Sequential",
+                "config": {"layers": [{"module": "mypkg.layers", "class_name": "Mine"}]},
+            },
+            r"config\.config\.layers\[0\]",
+        ),
+        ({"class_name": "__lambda__", "config": {"code": "..."}}, "__lambda__"),
+    ],
+)
+def test_config_walk_rejects_classes_outside_keras_and_spectral(
+    config: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ArtifactRejected, match=message):
+        check_config(config)
+
+
+def test_config_walk_accepts_keras_and_spectral_classes() -> None:
+    check_config(
+        {
+            "module": "keras",
+            "class_name": "Sequential",
+            "config": {
+                "layers": [
+                    {"module": "keras.layers", "class_name": "Dense", "registered_name": None},
+                    {
+                        "module": "spectral.layer",
+                        "class_name": "Spectral",
+                        "registered_name": "spectral>Spectral",
+                    },
+                    {"class_name": "__tuple__", "config": {"value": [1, 2]}},
+                ]
+            },
+        }
+    )
