@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import keras
-import numpy as np
-import pytest
-from sklearn.datasets import load_digits
+import sys
+from pathlib import Path
 
-from spectral import Spectral
-from spectral.graph import spectral_layers
+# `tests/` (no __init__.py) lands first on sys.path, where the `tests/spectral` folder would
+# shadow the real `spectral` package as a namespace package; put the repository root first.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if sys.path[:1] != [_ROOT]:
+    sys.path.insert(0, _ROOT)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+from spectral import Spectral  # noqa: E402
+from spectral.graph import spectral_layers  # noqa: E402
 
 COMPILE = {
     "optimizer": "adam",
@@ -22,15 +31,19 @@ def randomize(model: keras.Model, seed: int = 0) -> keras.Model:
     rng = np.random.default_rng(seed)
     for _, layer in spectral_layers(model):
         layer.diag_end.assign(rng.normal(size=(1, layer.units)).astype("float32"))
-        layer.diag_start.assign(rng.normal(scale=0.3, size=layer.diag_start.shape).astype("float32"))
+        layer.diag_start.assign(
+            rng.normal(scale=0.3, size=layer.diag_start.shape).astype("float32")
+        )
         if layer.bias is not None:
             layer.bias.assign(rng.normal(size=(layer.units,)).astype("float32"))
     for layer in _all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             for variable in layer.weights:
                 shape = variable.shape
-                values = rng.uniform(0.5, 1.5, size=shape) if "variance" in variable.name else (
-                    rng.normal(size=shape)
+                values = (
+                    rng.uniform(0.5, 1.5, size=shape)
+                    if "variance" in variable.name
+                    else (rng.normal(size=shape))
                 )
                 variable.assign(values.astype("float32"))
     return model

@@ -86,8 +86,16 @@ def rank3(act: str) -> keras.Model:
     )
 
 
-BUILDERS = [sequential, functional, branched_heads, branched_concat, branched_add, nested,
-            batchnorm, rank3]
+BUILDERS = [
+    sequential,
+    functional,
+    branched_heads,
+    branched_concat,
+    branched_add,
+    nested,
+    batchnorm,
+    rank3,
+]
 
 
 def _predict(model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
@@ -134,7 +142,8 @@ def test_sigmoid_folding_gives_consumer_a_bias(rng) -> None:
     assert consumer.use_bias is True  # the original had none; act(0)=0.5 rows were folded in
     x = _inputs(model, rng)
     np.testing.assert_allclose(
-        _predict(pruned, x)[0], _predict(prune_percentile(model, 50, compact=False), x)[0],
+        _predict(pruned, x)[0],
+        _predict(prune_percentile(model, 50, compact=False), x)[0],
         atol=2e-5,
     )
 
@@ -164,9 +173,10 @@ def test_unsafe_consumers_warn_and_mask(rng) -> None:
     layers = dict(spectral_layers(result.model))
     assert layers["to_flatten"].units == 10 and layers["to_layernorm"].units == 8
     assert layers["to_dense"].units == result.report.units_after["to_dense"] < 9
-    assert np.count_nonzero(layers["to_flatten"].eigenvalues) == result.report.units_after[
-        "to_flatten"
-    ]
+    assert (
+        np.count_nonzero(layers["to_flatten"].eigenvalues)
+        == result.report.units_after["to_flatten"]
+    )
     x = _inputs(model, rng)
     np.testing.assert_allclose(
         _predict(result.model, x)[0],

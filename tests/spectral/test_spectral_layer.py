@@ -50,7 +50,9 @@ def test_known_weights_match_numpy() -> None:
     end = rng.normal(size=(1, 3)).astype("float32")
     bias = rng.normal(size=(3,)).astype("float32")
     for variable, value in zip(
-        (layer.base, layer.diag_start, layer.diag_end, layer.bias), (base, start, end, bias)
+        (layer.base, layer.diag_start, layer.diag_end, layer.bias),
+        (base, start, end, bias),
+        strict=True,
     ):
         variable.assign(value)
     x = rng.normal(size=(5, 4)).astype("float32")

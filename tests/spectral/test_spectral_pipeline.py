@@ -10,7 +10,6 @@ from conftest import COMPILE as BASE_COMPILE
 from spectral import Spectral, eigenvalue_pretraining
 from spectral.graph import spectral_layers
 
-
 # A fresh optimizer per compile (a dict, not a shared instance); eigenvalues need a bigger step.
 COMPILE = {**BASE_COMPILE, "optimizer": {"class_name": "Adam", "config": {"learning_rate": 0.02}}}
 

@@ -88,9 +88,7 @@ def test_missing_metric_lists_available(trained_model, digits) -> None:
 
 def test_uses_models_own_compile_config(trained_model, digits) -> None:
     _, _, x_val, y_val = digits
-    model = metric_based_pruning(
-        trained_model, {"x": x_val, "y": y_val}, None, "accuracy", 50, 50
-    )
+    model = metric_based_pruning(trained_model, {"x": x_val, "y": y_val}, None, "accuracy", 50, 50)
     assert model.compiled
 
 
@@ -101,7 +99,9 @@ def test_uncompiled_model_without_compile_dictionary(digits) -> None:
 
     _, _, x_val, y_val = digits
     model = randomize(
-        keras.Sequential([keras.Input((64,)), Spectral(8, activation="relu"), keras.layers.Dense(10)])
+        keras.Sequential(
+            [keras.Input((64,)), Spectral(8, activation="relu"), keras.layers.Dense(10)]
+        )
     )
     with pytest.raises(ValueError, match="compile_dictionary"):
         metric_based_pruning(model, {"x": x_val, "y": y_val}, None)
@@ -148,9 +148,7 @@ def test_percentile_mode_reports_metric(trained_model, digits) -> None:
     )
     assert report.metric_name == "accuracy"
     assert report.metric_after == pytest.approx(_metric(model, x_val, y_val, "accuracy"))
-    assert report.metric_before == pytest.approx(
-        _metric(trained_model, x_val, y_val, "accuracy")
-    )
+    assert report.metric_before == pytest.approx(_metric(trained_model, x_val, y_val, "accuracy"))
     assert [e["percentile"] for e in report.evaluations] == [20.0]
 
 
