@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,49 +61,7 @@ def db(job_settings: Settings) -> Iterator[Database]:
     database.dispose()
 
 
-def build_digits_model(*, compiled: bool = True, epochs: int = 8) -> bytes:
-    """A small Spectral network trained on sklearn's digits, as .keras bytes."""
-    import keras
-    from sklearn.datasets import load_digits
-
-    from spectral import Spectral
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype("float32")
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            Spectral(48, activation="relu", is_base_trainable=True),
-            Spectral(32, activation="relu", is_base_trainable=True),
-            Spectral(10, activation="softmax"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
-    if not compiled:
-        model = keras.Sequential(model.layers)
-        model.build((None, 64))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "digits.keras"
-        model.save(path)
-        return path.read_bytes()
-
-
-def digits_npz(*, n: int = 400, features: int = 64) -> bytes:
-    """The first ``n`` digits as an .npz upload (``features`` != 64 gives a wrong shape)."""
-    import io
-
-    import numpy as np
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x[:n, :features] / 16.0).astype("float32")
-    buffer = io.BytesIO()
-    np.savez(buffer, x=x, y=y[:n].astype("int64"))
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="session")
-def digits_model() -> bytes:
-    return build_digits_model()
+def digits_model(digits_model_path: Path) -> bytes:
+    """The shared digits model (Spectral, Spectral, Dense; compiled) as .keras bytes."""
+    return digits_model_path.read_bytes()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_digits_model, digits_npz
+from job_helpers import digits_npz, uncompiled_digits_model
 
 import spectral
 from service import jobs
@@ -123,7 +123,7 @@ def test_dataset_needs_a_compile_config(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     upgrade_database(settings)
     registry = Registry.from_settings(settings, Database(settings))
-    registry.create_model("digits", build_digits_model(compiled=False, epochs=1))
+    registry.create_model("digits", uncompiled_digits_model())
     dataset_id = _dataset(settings, registry, digits_npz(n=50))
     with pytest.raises(jobs.CompileConfigMissing, match="saved without a compile config"):
         _submit(settings, registry, method="metric", dataset_id=dataset_id)
