@@ -180,6 +180,10 @@ class Plan:
     output_sources: frozenset[int] = frozenset()
 
 
+def _union(features: list[Features]) -> frozenset[int]:
+    return frozenset().union(*(f.sources for f in features))
+
+
 def _apply_numpy(layer: Any, values: Any) -> np.ndarray:
     out = layer(values, training=False)
     return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)
@@ -252,7 +256,7 @@ class Planner:
                 a.same_as(b) for a, b in zip(previous.inputs, plan.inputs, strict=True)
             )
             if not same:
-                for feat in ins:
+                for feat in [*ins, *previous.inputs]:
                     self._conflict(feat, f"shared layer '{layer.name}' sees different features")
                 return False
             return True
@@ -265,31 +269,18 @@ class Planner:
         if is_graph_model(layer):
             self._record(layer, LayerPlan(inputs=ins), ins)
             return self._walk(graph_of(layer), ins)
-        pruned_in = [f for f in ins if f.pruned]
         if isinstance(layer, Spectral):
             return [self._visit_spectral(layer, ins)]
+        pruned_in = [f for f in ins if f.pruned]
+        rank = len(node.input_tensors[0].shape)
+        handler = self._handler(layer, ins, rank)
         if not pruned_in:
             self._record(layer, LayerPlan(inputs=ins), ins)
-            return [UNTOUCHED] * n_out
-        rank = len(node.input_tensors[0].shape)
-        handler: Callable[..., Features] | None = None
-        if type(layer) is keras.layers.Dense and len(ins) == 1:
-            handler = self._visit_consumer
-        elif type(layer) in _PASS_THROUGH and len(ins) == 1:
-            handler = self._visit_elementwise
-        elif (
-            type(layer) is keras.layers.Activation
-            and len(ins) == 1
-            and is_elementwise_activation(layer.activation)
-        ):
-            handler = self._visit_elementwise
-        elif type(layer) is keras.layers.BatchNormalization and len(ins) == 1:
-            if layer.axis in (-1, rank - 1):
-                handler = self._visit_elementwise
-        elif type(layer) in _ELEMENTWISE_MERGES:
-            handler = self._visit_merge
-        elif type(layer) is keras.layers.Concatenate and layer.axis in (-1, rank - 1):
-            handler = self._visit_concat
+            if handler is None or handler == self._visit_consumer:
+                return [UNTOUCHED] * n_out
+            # Nothing removed here, but remember whose nodes these features are, so that a
+            # Spectral layer reaching a model output through pass-through layers is found.
+            return [Features(sources=_union(ins))] * n_out
         if handler is None:
             for feat in pruned_in:
                 self._conflict(feat, f"consumer '{layer.name}' ({type(layer).__name__})")
@@ -297,6 +288,32 @@ class Planner:
         if not self._record(layer, LayerPlan(inputs=ins), ins):
             return [UNTOUCHED] * n_out
         return [handler(layer, node, ins, rank)]
+
+    def _handler(
+        self, layer: Any, ins: list[Features], rank: int
+    ) -> Callable[..., Features] | None:
+        """The rule for a layer that receives pruned features, or None if it is unsafe."""
+        if type(layer) is keras.layers.Dense and len(ins) == 1:
+            return self._visit_consumer
+        if type(layer) in _PASS_THROUGH and len(ins) == 1:
+            return self._visit_elementwise
+        if (
+            type(layer) is keras.layers.Activation
+            and len(ins) == 1
+            and is_elementwise_activation(layer.activation)
+        ):
+            return self._visit_elementwise
+        if (
+            type(layer) is keras.layers.BatchNormalization
+            and len(ins) == 1
+            and layer.axis in (-1, rank - 1)
+        ):
+            return self._visit_elementwise
+        if type(layer) in _ELEMENTWISE_MERGES:
+            return self._visit_merge
+        if type(layer) is keras.layers.Concatenate and layer.axis in (-1, rank - 1):
+            return self._visit_concat
+        return None
 
     def _visit_spectral(self, layer: Spectral, ins: list[Features]) -> Features:
         keep = self.keep.get(id(layer))
@@ -320,11 +337,10 @@ class Planner:
         if not all(first.same_as(f) for f in ins[1:]):
             for feat in ins:
                 self._conflict(feat, f"merge '{layer.name}' joins different node sets")
-            return UNTOUCHED
+            return Features(sources=_union(ins))
         consts = [_const_input(f.const, rank) for f in ins if f.const is not None]
         const = _apply_numpy(layer, consts).reshape(-1)
-        sources = frozenset().union(*(f.sources for f in ins))
-        return Features(kept=first.kept, const=const, sources=sources)
+        return Features(kept=first.kept, const=const, sources=_union(ins))
 
     def _visit_concat(self, layer: Any, node: Any, ins: list[Features], rank: int) -> Features:
         kept_parts, const_parts = [], []
@@ -339,7 +355,6 @@ class Planner:
                 kept_parts.append(np.arange(dim) + offset)
                 const_parts.append(np.zeros(dim))
             offset += dim
-        sources = frozenset().union(*(f.sources for f in ins))
         return Features(
-            kept=np.concatenate(kept_parts), const=np.concatenate(const_parts), sources=sources
+            kept=np.concatenate(kept_parts), const=np.concatenate(const_parts), sources=_union(ins)
         )

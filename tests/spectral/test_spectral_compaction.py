@@ -220,3 +220,20 @@ def test_pruned_model_trains(rng) -> None:
     pruned = prune_percentile(model, 30, {"optimizer": "sgd", "loss": "mse"})
     history = pruned.fit(_inputs(model, rng), rng.normal(size=(32, 3)), epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+def test_shared_consumer_with_different_node_sets_is_masked(rng) -> None:
+    inputs = keras.Input((6,))
+    shared = L.Dense(3, name="shared")
+    a = shared(Spectral(8, activation="sigmoid", name="a")(inputs))
+    b = shared(Spectral(8, activation="sigmoid", name="b")(inputs))
+    model = randomize(keras.Model(inputs, L.Concatenate()([a, b])))
+    with pytest.warns(UserWarning, match="shared layer 'shared'"):
+        result = prune(model, percentile=50)
+    assert result.report.masked_layers == ["a", "b"]
+    x = _inputs(model, rng)
+    np.testing.assert_allclose(
+        _predict(result.model, x)[0],
+        _predict(prune_percentile(model, 50, compact=False), x)[0],
+        atol=2e-5,
+    )

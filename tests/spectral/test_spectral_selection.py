@@ -152,3 +152,19 @@ def test_model_with_only_output_spectral_layers() -> None:
 def test_metric_search_needs_eval_data() -> None:
     with pytest.raises(ValueError, match="eval_dictionary"):
         prune(three_layer_model())
+
+
+def test_residual_to_output_is_excluded_not_masked() -> None:
+    inputs = keras.Input((6,))
+    hidden = Spectral(10, activation="relu", name="hidden")(inputs)
+    residual = Spectral(6, activation="tanh", name="residual")(hidden)
+    out = L.Activation("relu")(L.Add()([residual, inputs]))
+    model = randomize(keras.Model(inputs, out))
+    result = prune(model, percentile=60)
+    assert result.report.units_after["residual"] == 6
+    assert result.report.masked_layers == []
+    np.testing.assert_array_equal(
+        dict(spectral_layers(result.model))["residual"].eigenvalues,
+        dict(spectral_layers(model))["residual"].eigenvalues,
+    )
+    assert result.report.units_after["hidden"] < 10
