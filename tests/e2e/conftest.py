@@ -1,0 +1,129 @@
+"""Fixtures for end-to-end job tests: real Celery worker processes next to a real API server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from worker.process import worker_argv
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# A Redis database of its own, so these tests never read another suite's keys.
+REDIS_DB = 11
+WORKER_READY_TIMEOUT_S = 120.0
+
+
+class RunningWorker:
+    """A ``celery worker`` process group started for a test."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = WORKER_READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_text()[-4000:]}")
+            # The child logs this after importing TensorFlow, so the first job starts warm.
+            if "pool child ready" in self.log_text():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready in time:\n{self.log_text()[-4000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: the worker and its pool children die mid-job."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()  # warm shutdown
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:  # depends on the machine: CI always has Redis
+        pytest.skip(f"Redis at 127.0.0.1:6379 is not reachable: {exc}")
+    return url
+
+
+@pytest.fixture
+def job_env(tmp_path: Path) -> dict[str, str]:
+    """SPECTRAL_* settings shared by the API and the workers of one test: a queue of its own,
+    a short heartbeat and lease so lost jobs are noticed within seconds."""
+    return {
+        "SPECTRAL_DATA_DIR": str(tmp_path / "data"),
+        "SPECTRAL_DEFAULT_QUEUE": f"e2e-{uuid.uuid4().hex[:10]}",
+        "SPECTRAL_BROKER_POLLING_INTERVAL_S": "0.05",
+        "SPECTRAL_JOB_HEARTBEAT_S": "0.5",
+        "SPECTRAL_JOB_LEASE_S": "3",
+        "SPECTRAL_EMBEDDED_WORKER": "false",
+    }
+
+
+@pytest.fixture
+def start_worker(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., RunningWorker]]:
+    """Factory: ``start_worker(env, queues=None, wait=True) -> RunningWorker``."""
+    started: list[RunningWorker] = []
+
+    def start(
+        env: dict[str, str], queues: list[str] | None = None, wait: bool = True
+    ) -> RunningWorker:
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("SPECTRAL_")}
+        child_env.update(
+            {"PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        )
+        child_env.update(env)
+        names = queues or [env["SPECTRAL_DEFAULT_QUEUE"]]
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
+                + worker_argv(names, concurrency=1),
+                cwd=REPO_ROOT,
+                env=child_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        worker = RunningWorker(process, log_path)
+        started.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+    failed = any(
+        getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
+        for when in ("setup", "call")
+    )
+    if failed:
+        for worker in started:
+            sys.stdout.write(f"\n----- worker log {worker.log_path} -----\n")
+            sys.stdout.write(worker.log_text()[-6000:] + "\n")
