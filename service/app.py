@@ -6,7 +6,7 @@ import importlib.util
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +31,8 @@ _UPLOAD_PATH = re.compile(r"^/models(/[^/]+/versions)?/?$")
 _MULTIPART_OVERHEAD = 64 * 1024
 
 ReadinessCheck = Callable[[], Any]
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: PayloadTooLarge.code}
 
 
 class UploadSizeLimit:
@@ -67,14 +69,16 @@ class UploadSizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise self._error()
+                    # FastAPI re-raises HTTPExceptions from body parsing as they are (anything
+                    # else becomes a generic 400); the error handler renders it as 413.
+                    raise StarletteHTTPException(413, detail=self._error().message)
             return message
 
         await self.app(scope, counting_receive, send)
 
     def _error(self) -> PayloadTooLarge:
         return PayloadTooLarge(
-            f"Upload exceeds the limit of {self.file_limit / (1024 * 1024):g} MiB",
+            f"Upload exceeds the limit of {self.file_limit / (1024 * 1024):.3g} MiB",
             details={"limit_bytes": self.file_limit},
         )
 
@@ -120,10 +124,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        if isinstance(exc.__cause__, SpectralError):
-            # FastAPI wraps errors raised while parsing a body (e.g. the upload size limit).
-            return _error_response(exc.__cause__)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "details": None}}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
@@ -132,22 +133,34 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
 
 
-def _install_http_metrics(app: FastAPI, metrics: ServiceMetrics) -> None:
-    @app.middleware("http")
-    async def record(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+class HttpMetrics:
+    """Counts requests and their latency by route template (pure ASGI, no task group)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
         status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, recording_send)
         finally:
-            route = request.scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            metrics.http_requests.labels(request.method, template, str(status)).inc()
-            metrics.http_latency.labels(request.method, template).observe(
-                time.perf_counter() - start
-            )
+            # The router records the matched route in the (shared) scope.
+            template = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            self.metrics.http_requests.labels(method, template, str(status)).inc()
+            self.metrics.http_latency.labels(method, template).observe(time.perf_counter() - start)
 
 
 def _optional_routers() -> list[Any]:
@@ -183,7 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.readiness_checks.append(("broker", broker_check(app.state.celery)))
 
     _install_error_handlers(app)
-    _install_http_metrics(app, metrics)
+    app.add_middleware(HttpMetrics, metrics=metrics)
     app.add_middleware(UploadSizeLimit, limit_bytes=settings.max_upload_bytes)
     for router in (ops.router, models.router, aliases.router, predict.router):
         app.include_router(router)
