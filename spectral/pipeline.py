@@ -12,14 +12,9 @@ from spectral.compaction import copy_model
 from spectral.graph import spectral_layers
 from spectral.pruning import compile_model, prune
 from spectral.report import PruningResult
-from spectral.search import Progress
+from spectral.search import Progress, notify
 
 logger = logging.getLogger(__name__)
-
-
-def _notify(progress: Progress | None, fraction: float, message: str) -> None:
-    if progress is not None:
-        progress(fraction, message)
 
 
 def _scaled(progress: Progress | None, start: float, span: float) -> Progress | None:
@@ -83,7 +78,7 @@ def eigenvalue_pretraining(
     ...     model, {"x": x, "y": y, "epochs": 5}, percentile=50,
     ...     compile_dictionary={"optimizer": "adam", "loss": "mse"})
     """
-    _notify(progress, 0.0, "eigenvalue training")
+    notify(progress, 0.0, "eigenvalue training")
     working = copy_model(model)
     layers = spectral_layers(working)
     if not layers:
@@ -95,7 +90,7 @@ def eigenvalue_pretraining(
     working.fit(**{"verbose": 0, **dict(fit_kwargs)})
     for _, layer in layers:
         layer.base.trainable = layer.is_base_trainable
-    _notify(progress, 0.4, "pruning")
+    notify(progress, 0.4, "pruning")
     result = prune(
         working,
         percentile=percentile,
@@ -110,7 +105,7 @@ def eigenvalue_pretraining(
     )
     pruned, report = result.model, result.report
     compile_model(pruned, working, compile_dictionary, required=True)
-    _notify(progress, 0.8, "fine-tuning the compact model")
+    notify(progress, 0.8, "fine-tuning the compact model")
     pruned.fit(**{"verbose": 0, **dict(fine_tune_kwargs or fit_kwargs)})
     report.method = "pretrain"
     report.params_before = int(model.count_params())
@@ -120,5 +115,5 @@ def eigenvalue_pretraining(
             report.metric_name = compare_metric
             report.metric_after = float(results[compare_metric])
     logger.info("Pretraining pipeline done: %s", report.units_after)
-    _notify(progress, 1.0, "done")
+    notify(progress, 1.0, "done")
     return PruningResult(model=pruned, report=report)

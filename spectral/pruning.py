@@ -18,7 +18,7 @@ from spectral.compaction import compact_model
 from spectral.graph import Plan, Planner
 from spectral.masking import MaskedCopy, masked_model
 from spectral.report import PruningReport, PruningResult
-from spectral.search import Progress, pick_metric, search_percentile, within_budget
+from spectral.search import Progress, notify, pick_metric, search_percentile, within_budget
 from spectral.selection import (
     ModelSpectra,
     analyse,
@@ -58,11 +58,6 @@ def compile_model(
             "of `model.compile`) or compile the model first. Received: compile_dictionary=None"
         )
     return False
-
-
-def _notify(progress: Progress | None, fraction: float, message: str) -> None:
-    if progress is not None:
-        progress(fraction, message)
 
 
 def plan_pruning(
@@ -300,7 +295,7 @@ def prune(
         raise ValueError(
             f"`max_delta_percent` must be >= 0. Received: max_delta_percent={max_delta_percent}"
         )
-    _notify(progress, 0.0, "analysing model")
+    notify(progress, 0.0, "analysing model")
     spectra = analyse(model)
     metric_before: float | None = None
     evaluations: list[dict[str, Any]] = []
@@ -329,7 +324,7 @@ def prune(
             masked = MaskedCopy(model)
             compile_model(masked.model, model, compile_dictionary, required=True)
             metric_before = pick_metric(masked.evaluate(eval_dictionary), compare_metric)
-    _notify(progress, 0.9, f"pruning at percentile {percentile:g}")
+    notify(progress, 0.9, f"pruning at percentile {percentile:g}")
     new_model, masked_layers = _prune_at(model, spectra, keep, compact)
     compiled = compile_model(new_model, model, compile_dictionary, required=False)
     report = _report(
@@ -358,5 +353,5 @@ def prune(
         report.params_before,
         report.params_after,
     )
-    _notify(progress, 1.0, "done")
+    notify(progress, 1.0, "done")
     return PruningResult(model=new_model, report=report)

@@ -23,6 +23,13 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 
+
+def notify(progress: Progress | None, fraction: float, message: str) -> None:
+    """Calls `progress(fraction, message)` if given; its exceptions propagate (cancellation)."""
+    if progress is not None:
+        progress(fraction, message)
+
+
 _LOWER_IS_BETTER = re.compile(
     r"(loss|error|crossentropy|mse|mae|mape|msle|hinge|logcosh|kl_divergence|kld|poisson|huber)",
     re.IGNORECASE,
@@ -131,9 +138,8 @@ def search_percentile(
             value,
             "within budget" if ok else "over budget",
         )
-        if progress is not None:
-            fraction = min(0.9, 0.1 + 0.8 * len(evaluations) / budget_steps)
-            progress(fraction, f"percentile {percentile:g}: {compare_metric}={value:.4g}")
+        fraction = min(0.9, 0.1 + 0.8 * len(evaluations) / budget_steps)
+        notify(progress, fraction, f"percentile {percentile:g}: {compare_metric}={value:.4g}")
         return ok
 
     # Percentile 0 removes nothing (no |eigenvalue| is below the minimum): it is the reference.
