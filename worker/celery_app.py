@@ -70,7 +70,9 @@ def broker_check(celery: Celery) -> Callable[[], None]:
 
     def check() -> None:
         with celery.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=3)
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0.5, timeout=3
+            )
 
     return check
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from service.settings import Settings
@@ -55,3 +57,24 @@ def test_worker_parent_does_not_import_tensorflow() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_readyz_checks_the_broker(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(Settings(data_dir=tmp_path / "ok"))) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["broker"] == "ok"
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    settings = Settings(data_dir=tmp_path / "dead", broker_url=dead)
+    with TestClient(create_app(settings)) as client:
+        started = time.monotonic()
+        down = client.get("/readyz")
+    assert down.status_code == 503 and down.json()["checks"]["broker"].startswith("failed")
+    assert down.json()["checks"]["database"] == "ok"
+    assert time.monotonic() - started < 10
