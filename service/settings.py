@@ -14,7 +14,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(
         default=Path("./spectral-data"),
-        description="Directory holding the SQLite registry, artifacts, datasets and the embedded broker.",
+        description="Directory holding the SQLite registry, artifacts, datasets and the "
+        "embedded broker.",
     )
     database_url: str | None = Field(
         default=None,
