@@ -45,13 +45,9 @@ def needs_bias(layer: Any, plan: LayerPlan | None) -> bool:
     """Whether folding removed inputs into `layer` needs a bias the layer lacks."""
     if plan is None or not plan.inputs or getattr(layer, "use_bias", True):
         return False
-    if isinstance(layer, Spectral):
-        kernel = to_numpy(layer.kernel)
-    elif type(layer) is keras.layers.Dense:
-        kernel = to_numpy(layer.kernel)
-    else:
+    if not (isinstance(layer, Spectral) or type(layer) is keras.layers.Dense):
         return False
-    return _fold(plan.inputs[0], kernel) is not None
+    return _fold(plan.inputs[0], to_numpy(layer.kernel)) is not None
 
 
 def _spectral_weights(layer: Spectral, plan: LayerPlan, new_use_bias: bool) -> dict[str, Any]:
@@ -182,6 +178,7 @@ def compact_model(model: keras.Model, plan: Plan) -> keras.Model:
         return clone
 
     new_model = keras.models.clone_model(model, clone_function=clone_layer)
+    logger.debug("Compacted %s: %d layers rebuilt", model.name, len(pairs))
     for original, clone in pairs:
         _transfer(original, clone, plan.layers.get(id(original)))
     return new_model

@@ -153,10 +153,13 @@ class Features:
     def pruned(self) -> bool:
         return self.kept is not None
 
-    def same_as(self, other: Features) -> bool:
+    def same_as(self, other: Features, *, with_const: bool = False) -> bool:
+        """Whether both carry the same kept set (and, optionally, the same removed constants)."""
         if self.kept is None or other.kept is None:
             return self.kept is None and other.kept is None
-        return bool(np.array_equal(self.kept, other.kept))
+        if not np.array_equal(self.kept, other.kept):
+            return False
+        return not with_const or bool(np.array_equal(self.const, other.const))
 
 
 UNTOUCHED = Features()
@@ -253,7 +256,8 @@ class Planner:
         previous = self.plan.layers.get(id(layer))
         if previous is not None:
             same = len(previous.inputs) == len(plan.inputs) and all(
-                a.same_as(b) for a, b in zip(previous.inputs, plan.inputs, strict=True)
+                a.same_as(b, with_const=True)
+                for a, b in zip(previous.inputs, plan.inputs, strict=True)
             )
             if not same:
                 for feat in [*ins, *previous.inputs]:

@@ -45,8 +45,9 @@ def eigenvalue_pretraining(
 ) -> PruningResult:
     """Runs the spectral pretraining pipeline on a copy of `model`.
 
-    1. Freezes every Spectral layer's `base` and trains the rest (the eigenvalues) with
-       `fit(**fit_kwargs)`.
+    1. Freezes every Spectral layer's `base` and trains with `fit(**fit_kwargs)`, so the
+       Spectral layers learn their eigenvalues (and biases) only; non-Spectral layers, such as
+       a Dense head, keep training.
     2. Prunes by `percentile`, or by the metric-based search when `percentile` is `None`.
     3. Trains the compact model with `fit(**(fine_tune_kwargs or fit_kwargs))`.
 
