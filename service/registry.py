@@ -308,6 +308,27 @@ class Registry:
                 return VersionRecord.from_row(row)
             return VersionRecord.from_row(self._require_version(session, model_id, version))
 
+    def resolve_serving(self, model_id: str, alias: str) -> VersionRecord:
+        """The version ``alias`` points at if the alias exists, else the latest (one query)."""
+        with self.database.session() as session:
+            row = session.scalars(
+                select(VersionRow)
+                .outerjoin(
+                    AliasRow,
+                    (AliasRow.model_id == VersionRow.model_id)
+                    & (AliasRow.version == VersionRow.version)
+                    & (AliasRow.alias == alias),
+                )
+                .where(VersionRow.model_id == model_id)
+                # The aliased version first, then the newest.
+                .order_by(AliasRow.alias.is_(None), VersionRow.version.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                self._require_model(session, model_id)
+                raise VersionNotFound(f"Model {model_id!r} has no versions")
+            return VersionRecord.from_row(row)
+
     def alias_version(self, model_id: str, alias: str) -> int | None:
         with self.database.session() as session:
             row = session.get(AliasRow, (model_id, alias))

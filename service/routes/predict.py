@@ -32,9 +32,7 @@ class InvalidJSON(InvalidInput):
 
 
 def _default_version(registry: Registry, model_id: str) -> VersionRecord:
-    if registry.alias_version(model_id, DEFAULT_ALIAS) is not None:
-        return registry.resolve(model_id, alias=DEFAULT_ALIAS)
-    return registry.resolve(model_id)
+    return registry.resolve_serving(model_id, DEFAULT_ALIAS)
 
 
 def _parse_query(inputs: str) -> Any:

@@ -74,8 +74,10 @@ def test_versions_are_sequential_and_immutable(registry: Registry, model_bytes: 
 def test_aliases(registry: Registry, model_bytes: bytes) -> None:
     registry.create_model("digits", model_bytes)
     registry.add_version("digits", model_bytes)
+    assert registry.resolve_serving("digits", "production").version == 2
     registry.set_alias("digits", "production", 1)
     assert registry.resolve("digits", alias="production").version == 1
+    assert registry.resolve_serving("digits", "production").version == 1
     registry.set_alias("digits", "production", 2)
     assert registry.get_model("digits").aliases == {"production": 2}
     registry.delete_alias("digits", "production")
@@ -92,6 +94,8 @@ def test_aliases(registry: Registry, model_bytes: bytes) -> None:
 def test_unknown_model_and_version(registry: Registry, model_bytes: bytes) -> None:
     with pytest.raises(ModelNotFound):
         registry.resolve("nope")
+    with pytest.raises(ModelNotFound):
+        registry.resolve_serving("nope", "production")
     with pytest.raises(ModelNotFound):
         registry.add_version("nope", model_bytes)
     registry.create_model("digits", model_bytes)
