@@ -159,7 +159,9 @@ class Features:
             return self.kept is None and other.kept is None
         if not np.array_equal(self.kept, other.kept):
             return False
-        return not with_const or bool(np.array_equal(self.const, other.const))
+        if not with_const or self.const is None or other.const is None:
+            return not with_const or self.const is other.const
+        return bool(np.array_equal(self.const, other.const))
 
 
 UNTOUCHED = Features()
