@@ -168,3 +168,37 @@ def test_residual_to_output_is_excluded_not_masked() -> None:
         dict(spectral_layers(model))["residual"].eigenvalues,
     )
     assert result.report.units_after["hidden"] < 10
+
+
+def test_subclassed_model_is_rejected() -> None:
+    class Custom(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden = Spectral(4, activation="relu")
+            self.head = L.Dense(2)
+
+        def call(self, x):
+            return self.head(self.hidden(x))
+
+    model = Custom()
+    model(np.zeros((1, 3), "float32"))
+    with pytest.raises(ValueError, match="Sequential or Functional"):
+        prune_percentile(model, 50)
+
+
+def test_layer_scope_metric_search_and_reloaded_model(tmp_path, trained_model, digits) -> None:
+    _, _, x_val, y_val = digits
+    path = tmp_path / "trained.keras"
+    trained_model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    model, report = prune(
+        loaded,
+        eval_dictionary={"x": x_val, "y": y_val},
+        compare_metric="accuracy",
+        max_delta_percent=5,
+        percentile_step=20,
+        scope="layer",
+    )
+    assert report.scope == "layer" and isinstance(report.cutoff, dict)
+    assert report.metric_after >= report.metric_before * 0.95 - 1e-6
+    assert model.compiled  # compiled like the loaded model, which kept its compile config
