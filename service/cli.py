@@ -14,6 +14,7 @@ import uvicorn
 from rich.console import Console
 from rich.logging import RichHandler
 
+from service.db import upgrade_database
 from service.settings import Settings
 
 app = typer.Typer(help="Spectral model service.", no_args_is_help=True)
@@ -64,6 +65,8 @@ def serve(
         # Imported here: `spectral api` never needs the worker package.
         from worker.process import start_worker_process
 
+        # Migrate before two processes race to create the same SQLite tables.
+        upgrade_database(settings)
         worker_process = start_worker_process(settings)
         console.print(f"[bold]spectral serve[/]: embedded worker pid {worker_process.pid}")
     try:
