@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
 
-# `tests/` (no __init__.py) lands first on sys.path, where the `tests/spectral` folder would
-# shadow the real `spectral` package as a namespace package; put the repository root first.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-
-from spectral import Spectral  # noqa: E402
-from spectral.graph import spectral_layers  # noqa: E402
+from spectral import Spectral
+from spectral.graph import spectral_layers
 
 COMPILE = {
     "optimizer": "adam",
