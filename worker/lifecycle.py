@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -81,4 +82,6 @@ def _warm_up_child(**_: Any) -> None:
         devices = [str(device) for device in jax.devices()]
     else:
         devices = ["(not listed for this backend)"]
-    logger.info("pool child ready: keras backend %s, devices %s", backend, devices)
+    logger.info(
+        "pool child ready: pid %d, keras backend %s, devices %s", os.getpid(), backend, devices
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,10 @@ class RunningWorker:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready in time:\n{self.log_text()[-4000:]}")
+
+    def child_pids(self) -> list[int]:
+        """Pids of the pool children that reported ready, oldest first."""
+        return [int(pid) for pid in re.findall(r"pool child ready: pid (\d+)", self.log_text())]
 
     def kill(self) -> None:
         """SIGKILL the whole group: the worker and its pool children die mid-job."""

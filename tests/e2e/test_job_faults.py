@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -138,4 +140,66 @@ def test_lost_job_fails_after_max_attempts(
     job = wait_for(api, job_id, timeout=120)
     assert job["status"] == "failed"
     assert "was lost" in job["error"] and "1 attempts" in job["error"]
+    assert versions(api, "digits") == [1]
+
+
+def test_killed_pool_child_job_is_retried(
+    job_env: dict[str, str],
+    start_api: Callable[..., str],
+    start_worker: Callable[..., RunningWorker],
+    digits_model_path: Path,
+    digits_data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """The OOM-killer case: only the process running the job dies; its worker lives on."""
+    api = start_api(job_env)
+    x, y = digits_data
+    upload_model(api, "digits", digits_model_path)
+    dataset_id = upload_dataset(api, x[:300], y[:300])
+    worker = start_worker(job_env)
+    job_id = submit_ok(
+        api,
+        {
+            "model_id": "digits",
+            "method": "pretrain",
+            "dataset_id": dataset_id,
+            "percentile": 30,
+            "epochs": 40,
+        },
+    )
+    _wait_running(api, job_id, min_progress=0.1)
+    (child,) = worker.child_pids()
+    os.kill(child, signal.SIGKILL)
+    job = wait_for(api, job_id, timeout=240)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2
+    assert worker.process.poll() is None and len(worker.child_pids()) == 2  # a fresh child
+    assert versions(api, "digits") == [1, 2]
+
+
+def test_soft_time_limit_fails_the_job(
+    job_env: dict[str, str],
+    start_api: Callable[..., str],
+    start_worker: Callable[..., RunningWorker],
+    digits_model_path: Path,
+    digits_data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    env = {**job_env, "SPECTRAL_JOB_SOFT_TIME_LIMIT_S": "4", "SPECTRAL_JOB_TIME_LIMIT_S": "60"}
+    api = start_api(env)
+    x, y = digits_data
+    upload_model(api, "digits", digits_model_path)
+    dataset_id = upload_dataset(api, x[:300], y[:300])
+    start_worker(env)
+    job_id = submit_ok(
+        api,
+        {
+            "model_id": "digits",
+            "method": "pretrain",
+            "dataset_id": dataset_id,
+            "percentile": 30,
+            "epochs": 5000,
+        },
+    )
+    job = wait_for(api, job_id, timeout=120)
+    assert job["status"] == "failed"
+    assert job["error"] == "Time limit of 4 s exceeded"
     assert versions(api, "digits") == [1]

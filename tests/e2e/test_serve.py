@@ -1,0 +1,86 @@
+"""`spectral serve`: the API plus one real embedded Celery worker on the SQLite broker."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import REPO_ROOT
+from job_client import submit_ok, upload_model, versions, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_serve_runs_jobs_with_its_embedded_worker(
+    tmp_path: Path, free_port: int, digits_model_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECTRAL_")}
+    env.update({"PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "200"})
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        serve = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from service.cli import app; app()",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--port",
+                str(free_port),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    api = f"http://127.0.0.1:{free_port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert serve.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if httpx.get(f"{api}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        match = re.search(r"embedded worker pid (\d+)", log_path.read_text())
+        assert match, log_path.read_text()
+        worker_pid = int(match.group(1))
+        assert _alive(worker_pid)
+
+        upload_model(api, "digits", digits_model_path)
+        job_id = submit_ok(api, {"model_id": "digits", "percentile": 50})
+        job = wait_for(api, job_id, timeout=180)
+        assert job["status"] == "succeeded", (job, log_path.read_text()[-3000:])
+        assert versions(api, "digits") == [1, 2]
+        assert (tmp_path / "data" / "broker.db").exists()  # the embedded SQLite broker
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+            raise
+    deadline = time.monotonic() + 10
+    while _alive(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker_pid), "serve left its worker running"
