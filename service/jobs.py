@@ -160,8 +160,16 @@ class PruneRequest(BaseModel):
         return self
 
     def params(self) -> dict[str, Any]:
-        """The pruning parameters, as recorded in the job and the new version's lineage."""
-        return self.model_dump(exclude={"model_id", "version", "alias"}, exclude_none=True)
+        """The parameters this method uses, as recorded in the job and the new version's lineage."""
+        unused = {"model_id", "version", "alias"}
+        searches = self.method == "metric" or self.percentile is None
+        if not searches:
+            unused |= {"max_delta_percent", "percentile_step"}
+        if self.method != "pretrain":
+            unused |= {"epochs", "fine_tune_epochs"}
+        if self.dataset_id is None:
+            unused |= {"compare_metric"}
+        return self.model_dump(exclude=unused, exclude_none=True)
 
     def fingerprint(self) -> str:
         """Stable hash of the request, to tell a retried request from a different one."""

@@ -50,12 +50,26 @@ def test_create_get_and_list(db: Database, job_settings: Settings) -> None:
     with db.session() as session:
         job = jobs.get_job(session, first)
         assert (job.status, job.progress, job.attempts, job.queue) == ("queued", 0.0, 0, "spectral")
-        assert job.params["percentile"] == 40.0 and "model_id" not in job.params
+        assert job.params == {
+            "method": "percentile",
+            "percentile": 40.0,
+            "batch_size": 32,
+            "scope": "global",
+            "min_units": 1,
+        }
         assert {j.id for j in jobs.list_jobs(session).data} == {first, second}
         assert [j.id for j in jobs.list_jobs(session, model_id="other").data] == [second]
         assert jobs.list_jobs(session, status="running").count == 0
         with pytest.raises(jobs.JobNotFound):
             jobs.get_job(session, "nope")
+
+
+def test_params_keep_what_the_method_uses() -> None:
+    metric = _request(method="metric", percentile=None, dataset_id="ds_1").params()
+    assert {"max_delta_percent", "percentile_step", "compare_metric"} <= set(metric)
+    assert "epochs" not in metric
+    pretrain = _request(method="pretrain", dataset_id="ds_1", epochs=7).params()
+    assert pretrain["epochs"] == 7 and "percentile_step" not in pretrain
 
 
 def test_queue_routes_by_method(tmp_path: object) -> None:
