@@ -120,6 +120,11 @@ def accuracy_on_test(model: keras.Model, data: DigitsSplit) -> float:
     return float(np.mean(np.argmax(probabilities, axis=-1) == data.y_test))
 
 
+def spectral_units_per_layer(model: keras.Model) -> dict[str, int]:
+    """Layer name -> number of output nodes, for the model's Spectral layers."""
+    return {layer.name: layer.units for layer in model.layers if isinstance(layer, Spectral)}
+
+
 def spectral_units(model: keras.Model) -> int:
     """Total number of output nodes over the model's Spectral layers."""
-    return sum(layer.units for layer in model.layers if isinstance(layer, Spectral))
+    return sum(spectral_units_per_layer(model).values())

@@ -56,6 +56,7 @@ from bench.digits_setup import (
     fit_kwargs,
     load_digits_split,
     spectral_units,
+    spectral_units_per_layer,
     train_digits_model,
 )
 
@@ -126,12 +127,6 @@ def percentile_grid(step: float, maximum: float) -> list[float]:
     return grid
 
 
-def per_layer_units(model: keras.Model) -> dict[str, int]:
-    return {
-        layer.name: layer.units for layer in model.layers if isinstance(layer, spectral.Spectral)
-    }
-
-
 def run_post_training(
     data: DigitsSplit, seed: int, grid: list[float], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
@@ -154,7 +149,7 @@ def run_post_training(
             "percentile": percentile,
             "units_before": units_before,
             "units_after": units_after,
-            "units_per_layer": per_layer_units(pruned),
+            "units_per_layer": spectral_units_per_layer(pruned),
             "removed_fraction": 1.0 - units_after / units_before,
             "params": pruned.count_params(),
         }
@@ -211,7 +206,7 @@ def run_pretraining(
                 "percentile": percentile,
                 "units_before": units_before,
                 "units_after": units_after,
-                "units_per_layer": per_layer_units(result.model),
+                "units_per_layer": spectral_units_per_layer(result.model),
                 "removed_fraction": 1.0 - units_after / units_before,
                 "report_removed_fraction": report.nodes_removed_fraction,
                 "params": result.model.count_params(),
