@@ -25,7 +25,17 @@ _MAX_CONFIG_BYTES = 16 * 1024 * 1024
 _MAX_UNCOMPRESSED_RATIO = 50
 _DENIED_CLASSES = frozenset({"Lambda", "__lambda__", "TFSMLayer"})
 # Markers Keras writes for plain values; they name no class that could run code.
-_VALUE_MARKERS = frozenset({"__tuple__", "__numpy__", "__tensor__", "__bytes__"})
+_VALUE_MARKERS = frozenset(
+    {
+        "__tuple__",
+        "__numpy__",
+        "__tensor__",
+        "__bytes__",
+        "__keras_tensor__",
+        "__ellipsis__",
+        "__slice__",
+    }
+)
 
 
 def _import_keras() -> Any:
