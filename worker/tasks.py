@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from celery import Task
+from celery.exceptions import TimeLimitExceeded
 
 from service.settings import get_settings
 from worker.celery_app import TASK_NAME, app
@@ -21,8 +22,14 @@ class PruningTask(Task):  # type: ignore[misc]
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         job_id = args[0] if args else kwargs.get("job_id")
-        if job_id:
-            fail_job(get_settings(), str(job_id), f"{type(exc).__name__}: {exc}")
+        if not job_id:
+            return
+        settings = get_settings()
+        if isinstance(exc, TimeLimitExceeded):
+            reason = f"Hard time limit of {settings.job_time_limit_s} s exceeded; job killed"
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        fail_job(settings, str(job_id), reason)
 
 
 @app.task(bind=True, base=PruningTask, name=TASK_NAME)

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from service.settings import Settings
 from worker.celery_app import TASK_NAME, celery_config, create_celery
 
@@ -78,3 +80,33 @@ def test_readyz_checks_the_broker(tmp_path: Path) -> None:
     assert down.status_code == 503 and down.json()["checks"]["broker"].startswith("failed")
     assert down.json()["checks"]["database"] == "ok"
     assert time.monotonic() - started < 10
+
+
+def test_task_failure_hook_marks_the_job_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Celery calls when a task dies outside `execute_job` (e.g. the hard time limit)."""
+    from celery.exceptions import TimeLimitExceeded
+
+    from service import jobs
+    from service.db import Database, upgrade_database
+    from service.settings import get_settings
+    from worker.tasks import run_pruning_job
+
+    monkeypatch.setenv("SPECTRAL_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    settings = get_settings()
+    upgrade_database(settings)
+    db = Database(settings)
+    request = jobs.PruneRequest(model_id="m", percentile=10)
+    with db.session() as session:
+        job_id = jobs.create_job(session, request, version=1, settings=settings).job.id
+        jobs.claim_job(session, job_id, max_attempts=3)
+    try:
+        run_pruning_job.on_failure(TimeLimitExceeded(5), "task-1", (job_id,), {}, None)
+    finally:
+        get_settings.cache_clear()
+    with db.session() as session:
+        job = jobs.get_job(session, job_id)
+    assert job.status == "failed"
+    assert job.error == "Hard time limit of 1900 s exceeded; job killed"

@@ -45,11 +45,13 @@ def test_prune_request_rejects_bad_bodies(body: dict[str, object], message: str)
 
 
 def test_create_get_and_list(db: Database, job_settings: Settings) -> None:
-    first = _create(db, job_settings)
-    second = _create(db, job_settings, percentile=60.0, model_id="other")
+    model_id = f"m-{job_settings.default_queue}"
+    first = _create(db, job_settings, model_id=model_id)
+    second = _create(db, job_settings, percentile=60.0, model_id=f"{model_id}-other")
     with db.session() as session:
         job = jobs.get_job(session, first)
-        assert (job.status, job.progress, job.attempts, job.queue) == ("queued", 0.0, 0, "spectral")
+        assert (job.status, job.progress, job.attempts) == ("queued", 0.0, 0)
+        assert job.queue == job_settings.default_queue
         assert job.params == {
             "method": "percentile",
             "percentile": 40.0,
@@ -57,9 +59,10 @@ def test_create_get_and_list(db: Database, job_settings: Settings) -> None:
             "scope": "global",
             "min_units": 1,
         }
-        assert {j.id for j in jobs.list_jobs(session).data} == {first, second}
-        assert [j.id for j in jobs.list_jobs(session, model_id="other").data] == [second]
-        assert jobs.list_jobs(session, status="running").count == 0
+        assert [j.id for j in jobs.list_jobs(session, model_id=model_id).data] == [first]
+        other = jobs.list_jobs(session, model_id=f"{model_id}-other", status="queued")
+        assert [j.id for j in other.data] == [second]
+        assert jobs.list_jobs(session, model_id=model_id, status="running").count == 0
         with pytest.raises(jobs.JobNotFound):
             jobs.get_job(session, "nope")
 
@@ -142,6 +145,7 @@ def test_cancel_finished_is_refused(db: Database, job_settings: Settings) -> Non
 
 
 def test_recover_requeues_then_fails_lost_jobs(db: Database, job_settings: Settings) -> None:
+    mine = [job_settings.default_queue]
     job_id = _create(db, job_settings)
     fresh = _create(db, job_settings, percentile=10.0)
     with db.session() as session:
@@ -149,16 +153,16 @@ def test_recover_requeues_then_fails_lost_jobs(db: Database, job_settings: Setti
     time.sleep(0.3)
     with db.session() as session:
         jobs.claim_job(session, fresh, max_attempts=2)
-        requeued, failed = jobs.recover_jobs(session, lease_s=0.2, max_attempts=2)
+        requeued, failed = jobs.recover_jobs(session, lease_s=0.2, max_attempts=2, queues=mine)
     assert (requeued, failed) == ([job_id], [])  # the fresh heartbeat keeps its lease
     with db.session() as session:
         job = jobs.get_job(session, job_id)
         assert job.status == "queued" and "re-queued" in job.step
-        assert [i for i, _ in jobs.queued_job_ids(session)] == [job_id]
+        assert jobs.queued_job_ids(session, mine) == [(job_id, job_settings.default_queue)]
         assert jobs.claim_job(session, job_id, max_attempts=2) is not None  # attempt 2
     time.sleep(0.3)
     with db.session() as session:
-        requeued, failed = jobs.recover_jobs(session, lease_s=0.2, max_attempts=2)
+        requeued, failed = jobs.recover_jobs(session, lease_s=0.2, max_attempts=2, queues=mine)
     assert job_id in failed and job_id not in requeued
     with db.session() as session:
         job = jobs.get_job(session, job_id)
@@ -172,7 +176,7 @@ def test_claim_past_max_attempts_fails(db: Database, job_settings: Settings) -> 
     time.sleep(0.3)
     with db.session() as session:
         # Recovery with a looser limit re-queues it; the claim enforces the real limit.
-        jobs.recover_jobs(session, lease_s=0.2, max_attempts=5)
+        jobs.recover_jobs(session, lease_s=0.2, max_attempts=5, queues=[job_settings.default_queue])
     with db.session() as session:
         assert jobs.claim_job(session, job_id, max_attempts=1) is None
         job = jobs.get_job(session, job_id)
