@@ -103,3 +103,20 @@ def test_open_server_needs_no_token(start_api: Callable[..., RunningApi]) -> Non
         # Rejected for its content, not for missing credentials.
         assert response.status_code == 400
         assert client.get("/models").json() == {"data": [], "count": 0}
+
+
+def test_api_on_postgresql(
+    start_api: Callable[..., RunningApi], postgres_url: str, digits_model_path: Path
+) -> None:
+    api = start_api({"SPECTRAL_DATABASE_URL": postgres_url})
+    with httpx.Client(base_url=api, timeout=60) as client:
+        assert client.get("/readyz").json()["checks"]["database"] == "ok"
+        created = upload(client, "on-postgres", digits_model_path.read_bytes())
+        assert created.status_code == 201, created.text
+        assert client.put("/models/on-postgres/aliases/production", json={"version": 1}).is_success
+        predicted = client.post("/models/on-postgres/predict", json={"inputs": [[0.0] * 64]})
+        assert predicted.status_code == 200, predicted.text
+        assert predicted.json()["version"] == 1
+    # The registry lives in PostgreSQL: no SQLite file was created in the data dir.
+    assert not (api.data_dir / "registry.db").exists()
+    assert len(artifact_files(api.data_dir)) == 1

@@ -22,7 +22,7 @@ from service.errors import (
     ReportNotFound,
     VersionNotFound,
 )
-from service.registry import ModelRow, Registry, VersionRow
+from service.registry import AliasRow, ModelRow, Registry, VersionRow
 from service.settings import Settings
 
 
@@ -34,12 +34,18 @@ def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registr
     settings = Settings(data_dir=tmp_path, database_url=url)
     upgrade_database(settings)
     reg = Registry.from_settings(settings)
+    _empty(reg)
     yield reg
-    # The PostgreSQL database is shared by the session: leave it empty for the next test.
-    with reg.database.session() as session:
+    _empty(reg)
+    reg.database.dispose()
+
+
+def _empty(registry: Registry) -> None:
+    # The PostgreSQL database is shared by the test session: each test starts from empty tables.
+    with registry.database.session() as session:
+        session.query(AliasRow).delete()
         session.query(VersionRow).delete()
         session.query(ModelRow).delete()
-    reg.database.dispose()
 
 
 @pytest.fixture(scope="module")
