@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.db import Database, upgrade_database
 from service.errors import PayloadTooLarge, SpectralError
-from service.inference import ModelCache
+from service.inference import ModelCache, Predictor
 from service.metrics import ServiceMetrics
 from service.registry import Registry
 from service.routes import aliases, models, ops, predict
@@ -191,6 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.model_cache = ModelCache(registry.load_keras_model, settings.model_cache_size)
+    app.state.predictor = Predictor(app.state.model_cache, settings.max_batch, metrics)
     app.state.readiness_checks = [("database", database.ping)]
     app.state.celery = create_celery(settings)  # sends job messages; see routes/jobs.py
     app.state.readiness_checks.append(("broker", broker_check(app.state.celery)))

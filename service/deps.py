@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import Unauthorized
-from service.inference import ModelCache
+from service.inference import ModelCache, Predictor
 from service.metrics import ServiceMetrics
 from service.registry import Registry
 from service.settings import Settings
@@ -32,6 +32,11 @@ def app_model_cache(request: Request) -> ModelCache:
     return cache
 
 
+def app_predictor(request: Request) -> Predictor:
+    predictor: Predictor = request.app.state.predictor
+    return predictor
+
+
 def app_metrics(request: Request) -> ServiceMetrics:
     metrics: ServiceMetrics = request.app.state.metrics
     return metrics
@@ -41,6 +46,7 @@ SettingsDep = Annotated[Settings, Depends(app_settings)]
 RegistryDep = Annotated[Registry, Depends(app_registry)]
 ModelCacheDep = Annotated[ModelCache, Depends(app_model_cache)]
 MetricsDep = Annotated[ServiceMetrics, Depends(app_metrics)]
+PredictorDep = Annotated[Predictor, Depends(app_predictor)]
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, SpectralError
+from service.metrics import ServiceMetrics
 from service.registry import VersionRecord
 
 logger = logging.getLogger(__name__)
@@ -214,3 +216,30 @@ class ModelCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+class Predictor:
+    """Serves predictions of registry versions through the cache, recording metrics.
+
+    Args:
+        cache: The loaded-model cache.
+        max_batch: Largest batch a request may send.
+        metrics: Where counts and latencies per model and version go.
+    """
+
+    def __init__(self, cache: ModelCache, max_batch: int, metrics: ServiceMetrics) -> None:
+        self.cache = cache
+        self.max_batch = max_batch
+        self.metrics = metrics
+
+    def predict(self, record: VersionRecord, inputs: Any) -> Any:
+        labels = (record.model_id, str(record.version))
+        start = time.perf_counter()
+        try:
+            outputs = self.cache.get(record).predict(inputs, self.max_batch)
+        except SpectralError as exc:
+            self.metrics.predictions.labels(*labels, exc.code).inc()
+            raise
+        self.metrics.predict_latency.labels(*labels).observe(time.perf_counter() - start)
+        self.metrics.predictions.labels(*labels, "ok").inc()
+        return outputs

@@ -7,14 +7,12 @@ latest version; ``/models/{id}/versions/{v}/predict`` serves version ``v``.
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from service.deps import MetricsDep, ModelCacheDep, RegistryDep, SettingsDep, require_read
-from service.errors import InvalidInput, SpectralError
-from service.registry import Registry, VersionRecord
+from service.deps import PredictorDep, RegistryDep, require_read
+from service.errors import InvalidInput
 from service.schemas import PredictRequest, PredictResponse
 
 router = APIRouter(prefix="/models", tags=["predict"], dependencies=[Depends(require_read)])
@@ -31,10 +29,6 @@ class InvalidJSON(InvalidInput):
     code = "invalid_json"
 
 
-def _default_version(registry: Registry, model_id: str) -> VersionRecord:
-    return registry.resolve_serving(model_id, DEFAULT_ALIAS)
-
-
 def _parse_query(inputs: str) -> Any:
     try:
         return json.loads(inputs)
@@ -42,49 +36,22 @@ def _parse_query(inputs: str) -> Any:
         raise InvalidJSON(f"Query parameter 'inputs' is not valid JSON: {exc}") from exc
 
 
-def _predict(
-    record: VersionRecord,
-    inputs: Any,
-    cache: ModelCacheDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-) -> PredictResponse:
-    labels = (record.model_id, str(record.version))
-    start = time.perf_counter()
-    try:
-        outputs = cache.get(record).predict(inputs, settings.max_batch)
-    except SpectralError as exc:
-        metrics.predictions.labels(*labels, exc.code).inc()
-        raise
-    metrics.predict_latency.labels(*labels).observe(time.perf_counter() - start)
-    metrics.predictions.labels(*labels, "ok").inc()
-    return PredictResponse(model_id=record.model_id, version=record.version, outputs=outputs)
-
-
 @router.post("/{model_id}/predict", response_model=PredictResponse)
 def predict_post(
-    model_id: str,
-    body: PredictRequest,
-    registry: RegistryDep,
-    cache: ModelCacheDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    model_id: str, body: PredictRequest, registry: RegistryDep, predictor: PredictorDep
 ) -> PredictResponse:
-    record = _default_version(registry, model_id)
-    return _predict(record, body.inputs, cache, settings, metrics)
+    record = registry.resolve_serving(model_id, DEFAULT_ALIAS)
+    outputs = predictor.predict(record, body.inputs)
+    return PredictResponse(model_id=model_id, version=record.version, outputs=outputs)
 
 
 @router.get("/{model_id}/predict", response_model=PredictResponse)
 def predict_get(
-    model_id: str,
-    inputs: InputsQuery,
-    registry: RegistryDep,
-    cache: ModelCacheDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    model_id: str, inputs: InputsQuery, registry: RegistryDep, predictor: PredictorDep
 ) -> PredictResponse:
-    record = _default_version(registry, model_id)
-    return _predict(record, _parse_query(inputs), cache, settings, metrics)
+    record = registry.resolve_serving(model_id, DEFAULT_ALIAS)
+    outputs = predictor.predict(record, _parse_query(inputs))
+    return PredictResponse(model_id=model_id, version=record.version, outputs=outputs)
 
 
 @router.post("/{model_id}/versions/{version}/predict", response_model=PredictResponse)
@@ -93,23 +60,15 @@ def predict_version_post(
     version: int,
     body: PredictRequest,
     registry: RegistryDep,
-    cache: ModelCacheDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    predictor: PredictorDep,
 ) -> PredictResponse:
-    record = registry.resolve(model_id, version)
-    return _predict(record, body.inputs, cache, settings, metrics)
+    outputs = predictor.predict(registry.resolve(model_id, version), body.inputs)
+    return PredictResponse(model_id=model_id, version=version, outputs=outputs)
 
 
 @router.get("/{model_id}/versions/{version}/predict", response_model=PredictResponse)
 def predict_version_get(
-    model_id: str,
-    version: int,
-    inputs: InputsQuery,
-    registry: RegistryDep,
-    cache: ModelCacheDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    model_id: str, version: int, inputs: InputsQuery, registry: RegistryDep, predictor: PredictorDep
 ) -> PredictResponse:
-    record = registry.resolve(model_id, version)
-    return _predict(record, _parse_query(inputs), cache, settings, metrics)
+    outputs = predictor.predict(registry.resolve(model_id, version), _parse_query(inputs))
+    return PredictResponse(model_id=model_id, version=version, outputs=outputs)
