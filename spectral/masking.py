@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from spectral.compaction import copy_model
+from spectral.evaluation import evaluate
 from spectral.graph import spectral_layers
 from spectral.layer import to_numpy
 
@@ -60,10 +61,8 @@ class MaskedCopy:
                 layer.bias.assign(bias)
 
     def evaluate(self, eval_dictionary: Mapping[str, Any]) -> dict[str, float]:
-        """Runs `model.evaluate(**eval_dictionary)` and returns its results by name."""
-        kwargs = {**eval_dictionary, "return_dict": True, "verbose": 0}
-        results = self.model.evaluate(**kwargs)
-        return {k: float(np.asarray(v)) for k, v in results.items()}
+        """Evaluates the masked copy on `eval_dictionary`; returns its results by name."""
+        return evaluate(self.model, eval_dictionary)
 
 
 def masked_model(model: keras.Model, keep: Mapping[str, np.ndarray | None]) -> keras.Model:

@@ -9,6 +9,7 @@ from typing import Any
 import keras
 
 from spectral.compaction import copy_model
+from spectral.evaluation import evaluate
 from spectral.graph import spectral_layers
 from spectral.pruning import compile_model, prune
 from spectral.report import PruningResult
@@ -111,7 +112,7 @@ def eigenvalue_pretraining(
     report.method = "pretrain"
     report.params_before = int(model.count_params())
     if eval_dictionary is not None:
-        results = pruned.evaluate(**{**eval_dictionary, "return_dict": True, "verbose": 0})
+        results = evaluate(pruned, eval_dictionary)
         if compare_metric in results:
             report.metric_name = compare_metric
             report.metric_after = float(results[compare_metric])

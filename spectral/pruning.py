@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from spectral.compaction import compact_model
+from spectral.evaluation import evaluate
 from spectral.graph import Plan, Planner
 from spectral.masking import MaskedCopy, masked_model
 from spectral.report import PruningReport, PruningResult
@@ -331,10 +332,7 @@ def prune(
         method, model, new_model, spectra, keep, percentile, cutoff, scope, min_units, masked_layers
     )
     if eval_dictionary is not None and compiled:
-        after = new_model.evaluate(**{**eval_dictionary, "return_dict": True, "verbose": 0})
-        report.metric_after = pick_metric(
-            {k: float(np.asarray(v)) for k, v in after.items()}, compare_metric
-        )
+        report.metric_after = pick_metric(evaluate(new_model, eval_dictionary), compare_metric)
         report.metric_name = compare_metric
         report.metric_before = metric_before
         report.max_delta_percent = float(max_delta_percent)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -10,11 +13,23 @@ from sklearn.datasets import load_digits
 from spectral import Spectral
 from spectral.graph import spectral_layers
 
+ROOT = Path(__file__).resolve().parents[2]
+
 COMPILE = {
     "optimizer": "adam",
     "loss": "sparse_categorical_crossentropy",
     "metrics": ["accuracy"],
 }
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python that must import this checkout's `spectral`.
+
+    The repository root goes first on PYTHONPATH, before whatever the parent already had there
+    (a machine may provide Keras itself through PYTHONPATH).
+    """
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **extra}
 
 
 def randomize(model: keras.Model, seed: int = 0) -> keras.Model:

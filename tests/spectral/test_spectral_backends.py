@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import ROOT, subprocess_env
 
 SCRIPT = r"""
 import sys
@@ -56,12 +53,7 @@ print("JAX-OK", units, report.percentile)
 
 @pytest.mark.timeout(300)
 def test_jax_backend_build_train_prune_save_load(tmp_path) -> None:
-    env = {
-        **os.environ,
-        "KERAS_BACKEND": "jax",
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = subprocess_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],
         capture_output=True,

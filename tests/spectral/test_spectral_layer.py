@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 import spectral
 from spectral import Spectral
@@ -134,7 +135,7 @@ def test_reload_in_fresh_process_after_import_spectral(tmp_path, rng) -> None:
         text=True,
         cwd=root,
         timeout=120,
-        env={**__import__("os").environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env=subprocess_env(TF_CPP_MIN_LOG_LEVEL="3"),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RELOAD-OK" in proc.stdout
