@@ -279,7 +279,7 @@ def check_target(table: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def plot(table: list[dict[str, Any]], target: dict[str, Any], path: Path) -> None:
+def plot(table: list[dict[str, Any]], target: dict[str, Any], scope: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,7 +305,7 @@ def plot(table: list[dict[str, Any]], target: dict[str, Any], path: Path) -> Non
     ax.axvline(100 * TARGET_REMOVED, color="red", lw=0.8, ls=":")
     ax.set_xlabel("Spectral nodes removed (%)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("digits: accuracy vs nodes removed (mean ± std over seeds)")
+    ax.set_title(f"digits, {scope} scope: accuracy vs nodes removed (mean ± std over seeds)")
     low = min(100 * (r["accuracy_mean"] - r["accuracy_std"]) for r in table)
     ax.set_ylim(max(low - 2, 0), 100)
     ax.legend(loc="lower left", fontsize=8)
@@ -377,7 +377,7 @@ def render(payload: dict[str, Any], args: argparse.Namespace, out_dir: Path, ste
     payload = {**payload, "summary": table, "target": target}
     markdown = to_markdown(table, target, args, payload["environment"])
     write_results(out_dir, stem, payload, markdown)
-    plot(table, target, out_dir / f"{stem}.png")
+    plot(table, target, args.scope, out_dir / f"{stem}.png")
     logger.info("target %s", "PASS" if target["passed"] else "FAIL")
     print(markdown)
 
