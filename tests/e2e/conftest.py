@@ -75,17 +75,25 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def job_env(tmp_path: Path) -> dict[str, str]:
+def job_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """SPECTRAL_* settings shared by the API and the workers of one test: a queue of its own,
     a short heartbeat and lease so lost jobs are noticed within seconds."""
-    return {
+    queue = f"e2e-{uuid.uuid4().hex[:10]}"
+    yield {
         "SPECTRAL_DATA_DIR": str(tmp_path / "data"),
-        "SPECTRAL_DEFAULT_QUEUE": f"e2e-{uuid.uuid4().hex[:10]}",
+        "SPECTRAL_DEFAULT_QUEUE": queue,
         "SPECTRAL_BROKER_POLLING_INTERVAL_S": "0.05",
         "SPECTRAL_JOB_HEARTBEAT_S": "0.5",
         "SPECTRAL_JOB_LEASE_S": "3",
         "SPECTRAL_EMBEDDED_WORKER": "false",
     }
+    try:  # drop this test's Redis queue keys (and the duplicates recovery may have sent)
+        client = redis.Redis.from_url(f"redis://127.0.0.1:6379/{REDIS_DB}")
+        keys = list(client.scan_iter(f"*{queue}*"))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
 
 
 @pytest.fixture
