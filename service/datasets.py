@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 _NUMERIC_KINDS = "biuf"
 
 
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 class DatasetRejected(SpectralError):
     status_code = 422
     code = "invalid_dataset"
@@ -76,7 +81,7 @@ class DatasetPublic(BaseModel):
             y_shape=list(row.y_shape),
             x_dtype=row.x_dtype,
             y_dtype=row.y_dtype,
-            created_at=row.created_at,
+            created_at=as_utc(row.created_at),
         )
 
 

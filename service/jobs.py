@@ -40,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from service.datasets import get_dataset
+from service.datasets import as_utc, get_dataset
 from service.db import Base
 from service.errors import SpectralError
 from service.settings import Settings
@@ -91,10 +91,7 @@ def _now() -> datetime:
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+    return None if value is None else as_utc(value)
 
 
 def _update() -> Update:

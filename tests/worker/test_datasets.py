@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,3 +61,27 @@ def test_store_once_per_content(db: Database, job_settings: Settings) -> None:
         np.testing.assert_array_equal(y, np.arange(5))
         with pytest.raises(datasets.DatasetNotFound):
             datasets.get_dataset(session, "ds_missing")
+
+
+def test_dataset_routes(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    settings = Settings(data_dir=tmp_path, max_dataset_mb=0.01)  # about 10 KiB
+    small = _npz(x=np.ones((20, 4), dtype="float32"), y=np.arange(20))
+    large = _npz(x=np.ones((2000, 4), dtype="float32"), y=np.arange(2000))
+    with TestClient(create_app(settings)) as client:
+        created = client.post("/datasets", files={"file": ("d.npz", small)})
+        assert created.status_code == 201, created.text
+        body = created.json()
+        assert (body["x_shape"], body["y_shape"], body["filename"]) == ([20, 4], [20], "d.npz")
+        assert created.headers["location"] == f"/datasets/{body['id']}"
+        assert client.post("/datasets", files={"file": ("d.npz", small)}).status_code == 200
+        assert client.get(f"/datasets/{body['id']}").json() == body
+        missing = client.get("/datasets/ds_nope")
+        assert (missing.status_code, missing.json()["error"]["code"]) == (404, "dataset_not_found")
+        bad = client.post("/datasets", files={"file": ("d.npz", b"plain text")})
+        assert (bad.status_code, bad.json()["error"]["code"]) == (422, "invalid_dataset")
+        too_big = client.post("/datasets", files={"file": ("d.npz", large)})
+        assert (too_big.status_code, too_big.json()["error"]["code"]) == (413, "payload_too_large")
