@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import RunningApi, launch_api, stop_api
+from api_process import RunningApi, launch_api, stop_api
 from service_helpers import artifact_files, lambda_model_bytes, upload, upload_version
 
 MAX_BATCH = 16

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO_ROOT, find_free_port
+from api_process import REPO_ROOT, find_free_port
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:

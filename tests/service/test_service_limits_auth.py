@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import RunningApi
+from api_process import RunningApi
 from service_helpers import artifact_files, upload
 
 TOKEN = "s3cret-token"
