@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,34 @@ def _devices() -> list[str]:
     return []
 
 
+def _git_revision() -> str | None:
+    """The checkout's commit, with `-dirty` when `spectral/` or `bench/` has local changes."""
+    root = RESULTS_DIR.parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--", "spectral", "bench/*.py"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None  # not a git checkout (e.g. a copied tree): the versions above still hold
+    return commit + ("-dirty" if changes else "")
+
+
 def environment() -> dict[str, Any]:
     """Versions, backend, devices, CPU count and date of this run."""
     return {
         "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git_revision": _git_revision(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),

@@ -209,7 +209,7 @@ def to_markdown(
         f"`predict_on_batch` after {args.warmup} warm-up calls, {args.repeats} timed calls per "
         "model, models interleaved. "
         f"Backend {env['keras_backend']}, Keras {env['keras']}, devices {env['devices']}, "
-        f"{env['cpu_count']} CPUs, {env['date_utc']}.\n\n"
+        f"{env['cpu_count']} CPUs, {env['date_utc']}, commit {env.get('git_revision')}.\n\n"
         + markdown_table(header, rows)
         + f"\n**Target** (compact ≥ {TARGET_SPEEDUP:g}× faster than masked at "
         f"{TARGET_PERCENTILE:g} % removed): **{verdict}**"

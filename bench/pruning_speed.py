@@ -304,7 +304,7 @@ def to_markdown(results: list[dict[str, Any]], args: argparse.Namespace, env: di
         "after one untimed warm-up, runs alternating. The original returns a masked same-size "
         "model; ours a compacted one. "
         f"Backend {env['keras_backend']}, Keras {env['keras']}, {env['cpu_count']} CPUs, "
-        f"{env['date_utc']}.\n\n"
+        f"{env['date_utc']}, commit {env.get('git_revision')}.\n\n"
         + markdown_table(header, rows)
         + f"\n**Target** (ours ≥ {TARGET_SPEEDUP:g}× faster and at least as pruned, every "
         f"budget): **{overall}**.\n"

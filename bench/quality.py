@@ -344,7 +344,7 @@ def to_markdown(
         "mean ± std over seeds.",
         "",
         f"Backend {env['keras_backend']}, Keras {env['keras']}, TensorFlow {env['tensorflow']}, "
-        f"{env['cpu_count']} CPUs, {env['date_utc']}.",
+        f"{env['cpu_count']} CPUs, {env['date_utc']}, commit {env.get('git_revision')}.",
         "",
         markdown_table(
             [
