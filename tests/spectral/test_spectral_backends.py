@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, subprocess_env
+from spectral_helpers import ROOT, subprocess_env
 
 SCRIPT = r"""
 import sys

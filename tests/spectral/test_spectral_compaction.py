@@ -7,7 +7,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import randomize, weights_snapshot
+from spectral_helpers import randomize, weights_snapshot
 
 from spectral import Spectral, prune, prune_percentile
 from spectral.graph import spectral_layers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import COMPILE
+from spectral_helpers import COMPILE
 
 from spectral import Spectral
 from spectral.evaluation import SINGLE_BATCH_MAX_ROWS, _single_batch, evaluate

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import subprocess_env
+from spectral_helpers import subprocess_env
 
 import spectral
 from spectral import Spectral

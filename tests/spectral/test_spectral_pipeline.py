@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import COMPILE as BASE_COMPILE
+from spectral_helpers import COMPILE as BASE_COMPILE
 
 from spectral import Spectral, eigenvalue_pretraining
 from spectral.graph import spectral_layers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 import pytest
-from conftest import COMPILE, randomize
+from spectral_helpers import COMPILE, randomize
 
 from spectral import Spectral, plot_eigenvalues, plot_metric_curve, prune
 

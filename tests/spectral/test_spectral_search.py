@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import COMPILE
+from spectral_helpers import COMPILE
 
 from spectral import metric_based_pruning, prune, prune_percentile
 from spectral.graph import spectral_layers
@@ -93,7 +93,7 @@ def test_uses_models_own_compile_config(trained_model, digits) -> None:
 
 
 def test_uncompiled_model_without_compile_dictionary(digits) -> None:
-    from conftest import randomize
+    from spectral_helpers import randomize
 
     from spectral import Spectral
 

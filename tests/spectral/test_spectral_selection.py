@@ -7,7 +7,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import randomize
+from spectral_helpers import randomize
 
 from spectral import Spectral, prune, prune_percentile
 from spectral.graph import spectral_layers
