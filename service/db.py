@@ -95,10 +95,13 @@ def upgrade_database(settings: Settings, revision: str = "head") -> None:
         if _is_sqlite(url):
             # SQLite has no advisory locks: serialise the API and worker processes on a lock file.
             lock_path = Path(settings.data_dir) / ".migrate.lock"
-            with open(lock_path, "w") as lock, engine.begin() as conn:
+            # The lock is held until the migration has committed, so a second process sees
+            # either no schema or the finished one.
+            with open(lock_path, "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 try:
-                    _run_upgrade(url, conn, revision)
+                    with engine.begin() as conn:
+                        _run_upgrade(url, conn, revision)
                 finally:
                     fcntl.flock(lock, fcntl.LOCK_UN)
         else:
