@@ -128,7 +128,11 @@ class PruneRequest(BaseModel):
         default=None, ge=1, le=10_000, description="Fine-tune epochs; default `epochs`."
     )
     batch_size: int = Field(default=32, ge=1, le=65_536, description="Batch size.")
-    scope: Literal["global", "layer"] = Field(default="global", description="Percentile scope.")
+    scope: Literal["global", "layer"] | None = Field(
+        default=None,
+        description='Percentile scope: one cutoff over all layers ("global") or one per layer '
+        '("layer"). Default: "layer" for pretrain, "global" otherwise.',
+    )
     min_units: int = Field(default=1, ge=1, description="Fewest nodes a layer keeps.")
     dataset_id: str | None = Field(
         default=None,
@@ -148,6 +152,8 @@ class PruneRequest(BaseModel):
             raise ValueError("method=percentile needs a percentile between 0 and 100")
         if self.method in ("metric", "pretrain") and self.dataset_id is None:
             raise ValueError(f"method={self.method} needs a dataset_id (upload via POST /datasets)")
+        if self.scope is None:
+            self.scope = "layer" if self.method == "pretrain" else "global"
         if self.compile is not None:
             unknown = sorted(set(self.compile) - COMPILE_KEYS)
             if unknown:

@@ -40,7 +40,7 @@ def eigenvalue_pretraining(
     max_delta_percent: float = 10.0,
     percentile_step: float = 5.0,
     fine_tune_kwargs: Mapping[str, Any] | None = None,
-    scope: str = "global",
+    scope: str = "layer",
     min_units: int = 1,
     progress: Progress | None = None,
 ) -> PruningResult:
@@ -63,7 +63,10 @@ def eigenvalue_pretraining(
         max_delta_percent: Allowed relative worsening, in percent.
         percentile_step: Spacing of the searched percentile grid.
         fine_tune_kwargs: Keyword arguments of `fit` for the last phase.
-        scope: `"global"` or `"layer"`.
+        scope: `"layer"` (the default here: one cutoff per layer) or `"global"`. After
+            eigenvalue training a global cutoff can take nearly every node of a layer whose
+            eigenvalues run smaller (on digits at 90 % removed it kept 40 / 10 nodes and lost
+            1.3 accuracy points; per layer kept 20 / 30 and lost 0.7, see bench/quality.py).
         min_units: Nodes always kept per layer.
         progress: Optional `progress(fraction, message)`; its exceptions propagate.
 

@@ -62,7 +62,11 @@ def test_pipeline_freezes_base_then_prunes_and_fine_tunes(digits) -> None:
         np.testing.assert_array_equal(dict(spectral_layers(model))[path].return_base(), base)
     assert report.method == "pretrain"
     assert report.to_dict()["method"] == "pretrain"
+    assert report.scope == "layer"  # the pipeline's default: one cutoff per layer
     units = {p: layer.units for p, layer in spectral_layers(model_small)}
+    before = report.units_before
+    # Per layer, each layer keeps the nodes at or above its own median (ties may keep more).
+    assert all(before[p] / 2 <= units[p] < before[p] for p in units if p in report.cutoff)
     first = next(iter(units))
     assert units[first] < 40
     assert units == report.units_after

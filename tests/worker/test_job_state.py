@@ -75,6 +75,12 @@ def test_params_keep_what_the_method_uses() -> None:
     assert pretrain["epochs"] == 7 and "percentile_step" not in pretrain
 
 
+def test_scope_defaults_per_method() -> None:
+    assert _request(method="pretrain", dataset_id="ds_1").params()["scope"] == "layer"
+    assert _request(method="metric", percentile=None, dataset_id="ds_1").scope == "global"
+    assert _request(method="pretrain", dataset_id="ds_1", scope="global").scope == "global"
+
+
 def test_queue_routes_by_method(tmp_path: object) -> None:
     settings = Settings(queue_routes={"metric": "gpu"}, default_queue="cpu")
     assert jobs.queue_for("metric", settings) == "gpu"
