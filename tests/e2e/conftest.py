@@ -3,65 +3,21 @@
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from e2e_worker import RunningWorker
 
 from worker.process import worker_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # A Redis database of its own, so these tests never read another suite's keys.
 REDIS_DB = 11
-WORKER_READY_TIMEOUT_S = 120.0
-
-
-class RunningWorker:
-    """A ``celery worker`` process group started for a test."""
-
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.process = process
-        self.log_path = log_path
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_ready(self, timeout: float = WORKER_READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log_text()[-4000:]}")
-            # The child logs this after importing TensorFlow, so the first job starts warm.
-            if "pool child ready" in self.log_text():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"worker not ready in time:\n{self.log_text()[-4000:]}")
-
-    def child_pids(self) -> list[int]:
-        """Pids of the pool children that reported ready, oldest first."""
-        return [int(pid) for pid in re.findall(r"pool child ready: pid (\d+)", self.log_text())]
-
-    def kill(self) -> None:
-        """SIGKILL the whole group: the worker and its pool children die mid-job."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
-
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()  # warm shutdown
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import RunningWorker
+from e2e_worker import RunningWorker
 from job_client import get_job, submit_ok, upload_dataset, upload_model, versions, wait_for
 
 pytestmark = pytest.mark.timeout(400)

@@ -15,7 +15,7 @@ import httpx
 import keras
 import numpy as np
 import pytest
-from conftest import RunningWorker
+from e2e_worker import RunningWorker
 from job_client import (
     get_job,
     predict,

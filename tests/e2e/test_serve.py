@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO_ROOT
+from api_process import REPO_ROOT
 from job_client import submit_ok, upload_model, versions, wait_for
 
 pytestmark = pytest.mark.timeout(300)
