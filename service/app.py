@@ -26,7 +26,8 @@ from worker.celery_app import broker_check, create_celery
 
 logger = logging.getLogger(__name__)
 
-_UPLOAD_PATH = re.compile(r"^/models(/[^/]+/versions)?/?$")
+_MODEL_UPLOAD_PATH = re.compile(r"^/models(/[^/]+/versions)?/?$")
+_DATASET_UPLOAD_PATH = re.compile(r"^/datasets/?$")
 # Room for the multipart boundaries and the form's other fields around the file itself.
 _MULTIPART_OVERHEAD = 64 * 1024
 
@@ -36,30 +37,32 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: PayloadTooLarge
 
 
 class UploadSizeLimit:
-    """Refuses model uploads over the limit with 413 while the body streams in.
+    """Refuses uploads (models, datasets) over their limit with 413 while the body streams in.
 
     A declared Content-Length over the limit is refused before reading anything; otherwise the
     bytes are counted as they arrive, so a chunked upload is cut off as soon as it passes the
     limit rather than being spooled whole.
     """
 
-    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, limits: list[tuple[re.Pattern[str], int]]) -> None:
         self.app = app
-        self.limit = limit_bytes + _MULTIPART_OVERHEAD
-        self.file_limit = limit_bytes
+        self.limits = limits
+
+    def _file_limit(self, scope: Scope) -> int | None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        return next((limit for path, limit in self.limits if path.match(scope["path"])), None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or not _UPLOAD_PATH.match(scope["path"])
-        ):
+        file_limit = self._file_limit(scope)
+        if file_limit is None:
             await self.app(scope, receive, send)
             return
+        limit = file_limit + _MULTIPART_OVERHEAD
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, file_limit)
             return
         received = 0
 
@@ -68,22 +71,23 @@ class UploadSizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     # FastAPI re-raises HTTPExceptions from body parsing as they are (anything
                     # else becomes a generic 400); the error handler renders it as 413.
-                    raise StarletteHTTPException(413, detail=self._error().message)
+                    raise StarletteHTTPException(413, detail=self._error(file_limit).message)
             return message
 
         await self.app(scope, counting_receive, send)
 
-    def _error(self) -> PayloadTooLarge:
+    @staticmethod
+    def _error(file_limit: int) -> PayloadTooLarge:
         return PayloadTooLarge(
-            f"Upload exceeds the limit of {self.file_limit / (1024 * 1024):.3g} MiB",
-            details={"limit_bytes": self.file_limit},
+            f"Upload exceeds the limit of {file_limit / (1024 * 1024):.3g} MiB",
+            details={"limit_bytes": file_limit},
         )
 
-    async def _refuse(self, send: Send) -> None:
-        response = JSONResponse(self._error().to_dict(), status_code=413)
+    async def _refuse(self, send: Send, file_limit: int) -> None:
+        response = JSONResponse(self._error(file_limit).to_dict(), status_code=413)
         await response(  # type: ignore[arg-type]
             {"type": "http", "headers": []}, _no_body, send
         )
@@ -128,7 +132,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         body = {"error": {"code": code, "message": str(exc.detail), "details": None}}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        body = {
+            "error": {
+                "code": "internal_error",
+                "message": "Internal server error; the server log has the details.",
+                "details": None,
+            }
+        }
+        return JSONResponse(body, status_code=500)
+
     app.add_exception_handler(SpectralError, spectral_error)
+    app.add_exception_handler(Exception, unexpected_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
 
@@ -198,7 +214,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _install_error_handlers(app)
     app.add_middleware(HttpMetrics, metrics=metrics)
-    app.add_middleware(UploadSizeLimit, limit_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        UploadSizeLimit,
+        limits=[
+            (_MODEL_UPLOAD_PATH, settings.max_upload_bytes),
+            (_DATASET_UPLOAD_PATH, settings.max_dataset_bytes),
+        ],
+    )
     for router in (ops.router, models.router, aliases.router, predict.router):
         app.include_router(router)
     for router in _optional_routers():

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from service.artifacts import ArtifactStore
 from service.db import Base
-from service.errors import SpectralError
+from service.errors import PayloadTooLarge, SpectralError
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -90,15 +90,37 @@ def dataset_store(settings: Settings) -> ArtifactStore:
     return ArtifactStore(Path(settings.data_dir) / "datasets")
 
 
-def read_arrays(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _expanded_size(data: bytes) -> int:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise DatasetRejected(f"Dataset is not a readable .npz archive: {exc}") from exc
+
+
+def read_arrays(data: bytes, max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Parse and validate an ``.npz`` upload; returns ``(x, y)``.
+
+    Args:
+        data: The archive's bytes.
+        max_bytes: Largest size the arrays may have once decompressed (a compressed archive
+            of a few KiB can expand to gigabytes).
 
     Raises:
         DatasetRejected: not an npz archive, arrays missing, object arrays, non-numeric data,
             or first dimensions that disagree.
+        PayloadTooLarge: the arrays expand past ``max_bytes``.
     """
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise DatasetRejected("Dataset must be an .npz archive (numpy.savez) with arrays x and y")
+    if max_bytes is not None:
+        expanded = _expanded_size(data)
+        if expanded > max_bytes:
+            raise PayloadTooLarge(
+                f"Dataset arrays expand to {expanded / 2**20:.3g} MiB, over the "
+                f"{max_bytes / 2**20:g} MiB limit (max_dataset_mb)",
+                details={"limit_bytes": max_bytes, "expanded_bytes": expanded},
+            )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             names = sorted(archive.files)
@@ -130,10 +152,15 @@ def read_arrays(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def create_dataset(
-    session: Session, store: ArtifactStore, data: bytes, *, filename: str | None = None
+    session: Session,
+    store: ArtifactStore,
+    data: bytes,
+    *,
+    max_bytes: int,
+    filename: str | None = None,
 ) -> tuple[DatasetPublic, bool]:
     """Validate and store an upload; returns the dataset and whether it is new."""
-    x, y = read_arrays(data)
+    x, y = read_arrays(data, max_bytes)
     sha256, size = store.put(data)
     dataset_id = f"ds_{sha256[:24]}"
     existing = session.get(Dataset, dataset_id)

@@ -23,7 +23,8 @@ from service.registry import VersionRecord
 
 logger = logging.getLogger(__name__)
 
-_NUMERIC_KINDS = "biuf"
+# Integers and floats; booleans are refused too, since true/false in a request is a client bug.
+_NUMERIC_KINDS = "iuf"
 
 
 def _shape_text(shape: list[int | None] | tuple[int, ...]) -> str:

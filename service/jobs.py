@@ -38,6 +38,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from service.datasets import as_utc, get_dataset
@@ -300,14 +301,9 @@ def create_job(
     """
     fingerprint = request.fingerprint()
     if idempotency_key is not None:
-        existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-        if existing is not None:
-            if existing.request_hash != fingerprint:
-                raise IdempotencyConflict(
-                    f"Idempotency-Key {idempotency_key!r} was already used with a different "
-                    "request body"
-                )
-            return NewJob(JobPublic.from_row(existing), created=False)
+        replay = _job_for_key(session, idempotency_key, fingerprint)
+        if replay is not None:
+            return replay
     job = Job(
         id=uuid.uuid4().hex,
         model_id=request.model_id,
@@ -325,9 +321,32 @@ def create_job(
         request_hash=fingerprint,
         created_at=_now(),
     )
-    session.add(job)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        # A concurrent request with the same key inserted first: answer with its job.
+        replay = _job_for_key(session, idempotency_key, fingerprint) if idempotency_key else None
+        if replay is None:
+            raise
+        return replay
     return NewJob(JobPublic.from_row(job), created=True)
+
+
+def _job_for_key(session: Session, idempotency_key: str, fingerprint: str) -> NewJob | None:
+    """The job already created under ``idempotency_key``, or None.
+
+    Raises:
+        IdempotencyConflict: The key was used with a different request body.
+    """
+    existing = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+    if existing is None:
+        return None
+    if existing.request_hash != fingerprint:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {idempotency_key!r} was already used with a different request body"
+        )
+    return NewJob(JobPublic.from_row(existing), created=False)
 
 
 def artifact_compile_config(data: bytes) -> dict[str, Any] | None:

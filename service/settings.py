@@ -10,7 +10,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SPECTRAL_", env_file=".env", extra="ignore")
+    # An empty variable means "use the default", as Compose's ${VAR:-} passes unset values.
+    model_config = SettingsConfigDict(
+        env_prefix="SPECTRAL_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     data_dir: Path = Field(
         default=Path("./spectral-data"),

@@ -41,7 +41,11 @@ async def upload_dataset(
     data = await _read_limited(file, settings.max_dataset_bytes)
     with registry.database.session() as session:
         dataset, created = datasets.create_dataset(
-            session, datasets.dataset_store(settings), data, filename=file.filename
+            session,
+            datasets.dataset_store(settings),
+            data,
+            max_bytes=settings.max_dataset_bytes,
+            filename=file.filename,
         )
     if not created:
         response.status_code = 200

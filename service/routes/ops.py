@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import MetricsDep
+from service.deps import MetricsDep, require_read
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +32,14 @@ def readyz(request: Request) -> JSONResponse:
             check()
             results[name] = "ok"
         except Exception as exc:  # a failing check must be reported, whatever it raised
+            # The exception text can name hosts and credentials: it goes to the log only.
             logger.warning("readiness check %s failed: %s", name, exc)
-            results[name] = f"failed: {exc}"
+            results[name] = f"failed ({type(exc).__name__})"
             ready = False
     body = {"status": "ready" if ready else "not_ready", "checks": results}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(require_read)])
 def metrics(service_metrics: MetricsDep) -> Response:
     return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)

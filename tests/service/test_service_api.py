@@ -213,6 +213,7 @@ def test_bad_uploads_are_rejected_and_leave_nothing(
         ('{"inputs": [[Infinity' + ", 0.0" * 63 + "]]}", 422, "finite"),
         ({"inputs": [[0.0] * 64, [0.0] * 10]}, 422, "ragged"),
         ({"inputs": [["x"] * 64]}, 422, "expected numbers"),
+        ({"inputs": [[True, False] * 32]}, 422, "expected numbers, got values of type 'bool'"),
         ({"inputs": "pixels"}, 422, "nested list of numbers"),
         ({"data": [[0.0] * 64]}, 422, "inputs"),
         ({"inputs": [[0.0] * 64] * (MAX_BATCH + 1)}, 422, f"exceeds the limit of {MAX_BATCH}"),

@@ -94,6 +94,8 @@ def test_bearer_token_guards_writes_and_optionally_reads(
         assert authed.get("/models/guarded").status_code == 200
         assert authed.post("/models/guarded/predict", json=predict).status_code == 200
         assert anon.get("/healthz").status_code == 200
+        assert anon.get("/metrics").status_code == read_status
+        assert authed.get("/metrics").status_code == 200
 
 
 def test_open_server_needs_no_token(start_api: Callable[..., RunningApi]) -> None:

@@ -50,11 +50,13 @@ def test_store_once_per_content(db: Database, job_settings: Settings) -> None:
     store = datasets.dataset_store(job_settings)
     data = _npz(x=np.ones((5, 2), dtype="float32"), y=np.arange(5))
     with db.session() as session:
-        first, created = datasets.create_dataset(session, store, data, filename="a.npz")
+        first, created = datasets.create_dataset(
+            session, store, data, max_bytes=1 << 30, filename="a.npz"
+        )
     assert created and first.x_shape == [5, 2] and first.y_shape == [5]
     assert first.x_dtype == "float32" and first.size_bytes == len(data)
     with db.session() as session:
-        again, created_again = datasets.create_dataset(session, store, data)
+        again, created_again = datasets.create_dataset(session, store, data, max_bytes=1 << 30)
         assert (again.id, created_again) == (first.id, False)
         assert datasets.get_dataset(session, first.id).sha256 == first.sha256
         x, y = datasets.load_dataset(session, store, first.id)
@@ -85,3 +87,12 @@ def test_dataset_routes(tmp_path: Path) -> None:
         assert (bad.status_code, bad.json()["error"]["code"]) == (422, "invalid_dataset")
         too_big = client.post("/datasets", files={"file": ("d.npz", large)})
         assert (too_big.status_code, too_big.json()["error"]["code"]) == (413, "payload_too_large")
+        # A few KiB of compressed zeros that would expand to 5 MB in the API's memory.
+        bomb = io.BytesIO()
+        np.savez_compressed(bomb, x=np.zeros((20000, 64), dtype="float32"), y=np.zeros(20000))
+        assert len(bomb.getvalue()) < settings.max_dataset_bytes
+        stored = sorted(datasets.dataset_store(settings).root.rglob("*"))
+        expands = client.post("/datasets", files={"file": ("d.npz", bomb.getvalue())})
+        assert (expands.status_code, expands.json()["error"]["code"]) == (413, "payload_too_large")
+        assert "expand to" in expands.json()["error"]["message"]
+        assert sorted(datasets.dataset_store(settings).root.rglob("*")) == stored

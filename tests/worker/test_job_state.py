@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from pydantic import ValidationError
@@ -99,6 +102,26 @@ def test_idempotency_key(db: Database, job_settings: Settings) -> None:
             idempotency_key="k1",
         )
     assert _create(db, job_settings, key="k2") != first
+
+
+def test_concurrent_requests_with_one_key_make_one_job(
+    db: Database, job_settings: Settings
+) -> None:
+    # Parallel retries of one request (a CI pipeline retrying on a timeout) all race past the
+    # "key seen?" check; the unique key must turn every loser into a replay, not an error.
+    threads = 6
+    barrier = threading.Barrier(threads)
+    model_id = f"race-{uuid.uuid4().hex[:8]}"
+
+    def submit() -> str:
+        barrier.wait()
+        return _create(db, job_settings, key=model_id, model_id=model_id)
+
+    with ThreadPoolExecutor(threads) as pool:
+        job_ids = list(pool.map(lambda _: submit(), range(threads)))
+    assert len(set(job_ids)) == 1
+    with db.session() as session:
+        assert jobs.list_jobs(session, model_id=model_id).count == 1
 
 
 def test_claim_runs_a_job_once(db: Database, job_settings: Settings) -> None:

@@ -40,7 +40,9 @@ def _submit(settings: Settings, registry: Registry, **body: object) -> str:
 
 def _dataset(settings: Settings, registry: Registry, data: bytes) -> str:
     with registry.database.session() as session:
-        dataset, _ = create_dataset(session, dataset_store(settings), data)
+        dataset, _ = create_dataset(
+            session, dataset_store(settings), data, max_bytes=settings.max_dataset_bytes
+        )
     return dataset.id
 
 
