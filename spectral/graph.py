@@ -74,7 +74,11 @@ _ELEMENTWISE_MERGES = (
 
 def activation_name(activation: Any) -> str | None:
     """Returns the registered name of an activation function, or `None` if it has none."""
-    name = keras.activations.serialize(activation)
+    try:
+        name = keras.activations.serialize(activation)
+    except (ValueError, TypeError, OSError):
+        # Keras cannot serialize some callables (a lambda whose source is unavailable).
+        return None
     return name if isinstance(name, str) else None
 
 

@@ -17,6 +17,16 @@ def to_numpy(value: Any) -> np.ndarray:
     return np.array(ops.convert_to_numpy(value))
 
 
+def _resolve(get: Any, name: str, value: Any) -> Any:
+    """Resolves an identifier with a Keras `get`, naming the argument when it is invalid."""
+    try:
+        return get(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"Argument `{name}` could not be interpreted ({exc}). Received: {name}={value!r}"
+        ) from exc
+
+
 @keras.saving.register_keras_serializable(package="spectral")
 class Spectral(keras.layers.Layer):
     """Fully connected layer trained in the spectral domain.
@@ -87,7 +97,12 @@ class Spectral(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         if "is_input_layer" in kwargs:
-            is_diag_start_trainable = bool(kwargs.pop("is_input_layer"))
+            is_diag_start_trainable = kwargs.pop("is_input_layer")
+            if not isinstance(is_diag_start_trainable, bool | np.bool_):
+                raise ValueError(
+                    "Argument `is_input_layer` must be a boolean. "
+                    f"Received: is_input_layer={is_diag_start_trainable}"
+                )
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if isinstance(units, bool) or not isinstance(units, int | np.integer) or units <= 0:
             raise ValueError(
@@ -116,25 +131,29 @@ class Spectral(keras.layers.Layer):
                     f"Argument `{flag_name}` must be a boolean. Received: {flag_name}={flag}"
                 )
         self.units = int(units)
-        self.activation = activations.get(activation)
+        self.activation = _resolve(activations.get, "activation", activation)
         self.is_base_trainable = bool(is_base_trainable)
         self.is_diag_start_trainable = bool(is_diag_start_trainable)
         self.is_diag_end_trainable = bool(is_diag_end_trainable)
         self.use_bias = bool(use_bias)
-        self.base_initializer = initializers.get(base_initializer)
-        self.diag_start_initializer = initializers.get(diag_start_initializer)
-        self.diag_end_initializer = initializers.get(diag_end_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
+        self.base_initializer = _resolve(initializers.get, "base_initializer", base_initializer)
+        self.diag_start_initializer = _resolve(
+            initializers.get, "diag_start_initializer", diag_start_initializer
+        )
+        self.diag_end_initializer = _resolve(
+            initializers.get, "diag_end_initializer", diag_end_initializer
+        )
+        self.bias_initializer = _resolve(initializers.get, "bias_initializer", bias_initializer)
         self.diag_regularizer_param = float(diag_regularizer_param)
-        self.base_regularizer = regularizers.get(base_regularizer)
+        self.base_regularizer = _resolve(regularizers.get, "base_regularizer", base_regularizer)
         if isinstance(diag_regularizer, str) and diag_regularizer.lower() == "l2":
             self.diag_regularizer = regularizers.L2(self.diag_regularizer_param)
         else:
-            self.diag_regularizer = regularizers.get(diag_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.base_constraint = constraints.get(base_constraint)
-        self.diag_constraint = constraints.get(diag_constraint)
-        self.bias_constraint = constraints.get(bias_constraint)
+            self.diag_regularizer = _resolve(regularizers.get, "diag_regularizer", diag_regularizer)
+        self.bias_regularizer = _resolve(regularizers.get, "bias_regularizer", bias_regularizer)
+        self.base_constraint = _resolve(constraints.get, "base_constraint", base_constraint)
+        self.diag_constraint = _resolve(constraints.get, "diag_constraint", diag_constraint)
+        self.bias_constraint = _resolve(constraints.get, "bias_constraint", bias_constraint)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         self.supports_masking = True
 

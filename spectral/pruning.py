@@ -23,6 +23,7 @@ from spectral.search import Progress, notify, pick_metric, search_percentile, wi
 from spectral.selection import (
     ModelSpectra,
     analyse,
+    check_max_delta_percent,
     check_min_units,
     check_percentile,
     check_scope,
@@ -292,10 +293,7 @@ def prune(
             raise ValueError(
                 f"`percentile_step` must be in (0, 100]. Received: percentile_step={step}"
             )
-    if max_delta_percent < 0:
-        raise ValueError(
-            f"`max_delta_percent` must be >= 0. Received: max_delta_percent={max_delta_percent}"
-        )
+    max_delta_percent = check_max_delta_percent(max_delta_percent)
     notify(progress, 0.0, "analysing model")
     spectra = analyse(model)
     metric_before: float | None = None

@@ -31,7 +31,8 @@ def notify(progress: Progress | None, fraction: float, message: str) -> None:
 
 
 _LOWER_IS_BETTER = re.compile(
-    r"(loss|error|crossentropy|mse|mae|mape|msle|hinge|logcosh|kl_divergence|kld|poisson|huber)",
+    r"(loss|error|crossentropy|mse|mae|mape|msle|hinge|log_?cosh|kl_divergence|kld|poisson|huber"
+    r"|false_positives|false_negatives)",
     re.IGNORECASE,
 )
 

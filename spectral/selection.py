@@ -31,6 +31,24 @@ def check_percentile(value: object, name: str = "percentile") -> float:
     return number
 
 
+def check_max_delta_percent(value: object) -> float:
+    """Returns `value` as a finite float >= 0.
+
+    Raises:
+        ValueError: If `value` is not a finite number >= 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ValueError(
+            f"`max_delta_percent` must be a number >= 0. Received: max_delta_percent={value!r}"
+        )
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(
+            f"`max_delta_percent` must be a number >= 0. Received: max_delta_percent={value!r}"
+        )
+    return number
+
+
 def check_scope(scope: object) -> str:
     if scope not in SCOPES:
         raise ValueError(f"`scope` must be one of {SCOPES}. Received: scope={scope!r}")
@@ -92,9 +110,11 @@ def analyse(model: keras.Model) -> ModelSpectra:
             excluded[path] = "feeds a model output"
     prunable = [path for path, _ in layers if path not in excluded]
     if not prunable:
+        reasons = "; ".join(f"'{path}' {why}" for path, why in excluded.items())
         raise ValueError(
-            "The model has no prunable Spectral layers: Spectral layers feeding a model output "
-            f"are never pruned. Received: model={model.name}, excluded={excluded}"
+            "The model has no prunable Spectral layers (a Spectral layer feeding a model output "
+            "is never pruned, nor one whose activation is not a registered elementwise "
+            f"function): {reasons}. Received: model={model.name}"
         )
     return ModelSpectra(layers=layers, prunable=prunable, excluded=excluded)
 

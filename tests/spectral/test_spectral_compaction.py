@@ -227,3 +227,50 @@ def test_shared_consumer_with_different_node_sets_is_masked(rng) -> None:
         result = prune(model, percentile=50)
     assert result.report.masked_layers == ["a", "b"]
     assert_matches_masked(result.model, model, 50, rng)
+
+
+def _reference_by_hand(model: keras.Model, percentile: float, scope: str) -> keras.Model:
+    """The masked reference built without the library's selection or masking code: numpy's
+    percentile over |diag_end|, then zeroed base columns, eigenvalues and biases."""
+    hidden = [layer for layer in model.layers if isinstance(layer, Spectral)][:-1]
+    pooled = np.concatenate([np.abs(layer.diag_end.numpy()).ravel() for layer in hidden])
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    for layer in reference.layers:
+        if not any(layer.name == h.name for h in hidden):
+            continue
+        magnitude = np.abs(layer.diag_end.numpy()).ravel()
+        cutoff = np.percentile(magnitude if scope == "layer" else pooled, percentile)
+        removed = magnitude < cutoff
+        base, diag_end = layer.base.numpy(), layer.diag_end.numpy()
+        base[:, removed] = 0.0
+        diag_end[:, removed] = 0.0
+        layer.base.assign(base)
+        layer.diag_end.assign(diag_end)
+        if layer.bias is not None:
+            bias = layer.bias.numpy()
+            bias[removed] = 0.0
+            layer.bias.assign(bias)
+    return reference
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("act", ["relu", "sigmoid"])
+def test_compact_equals_an_independent_reference(act: str, scope: str, rng) -> None:
+    model = keras.Sequential(
+        [
+            keras.Input((7,)),
+            Spectral(16, activation=act, use_bias=True, name="first"),
+            Spectral(11, activation=act, use_bias=True, name="second"),
+            Spectral(4, name="head"),  # feeds the output: never pruned
+        ]
+    )
+    randomize(model, seed=3)
+    x = rng.normal(size=(32, 7)).astype("float32")
+    pruned = prune_percentile(model, 60, scope=scope)
+    reference = _reference_by_hand(model, 60, scope)
+    np.testing.assert_allclose(
+        pruned.predict(x, verbose=0), reference.predict(x, verbose=0), atol=2e-5, rtol=1e-5
+    )
+    units = {layer.name: layer.units for layer in pruned.layers if isinstance(layer, Spectral)}
+    assert units["head"] == 4 and units["first"] < 16 and units["second"] < 11

@@ -149,7 +149,11 @@ def test_reload_in_fresh_process_after_import_spectral(tmp_path, rng) -> None:
         ({"units": 2.5}, r"Received: units=2.5"),
         ({"units": 4, "diag_regularizer_param": -1.0}, r"diag_regularizer_param=-1.0"),
         ({"units": 4, "use_bias": "yes"}, r"Received: use_bias=yes"),
-        ({"units": 4, "activation": "not_an_activation"}, r"not_an_activation"),
+        ({"units": 4, "activation": "nope"}, r"`activation`.*Received: activation='nope'"),
+        ({"units": 4, "diag_regularizer": "l3"}, r"Received: diag_regularizer='l3'"),
+        ({"units": 4, "base_initializer": "nope"}, r"Received: base_initializer='nope'"),
+        ({"units": 4, "bias_constraint": "nope"}, r"Received: bias_constraint='nope'"),
+        ({"units": 4, "is_input_layer": "yes"}, r"Received: is_input_layer=yes"),
     ],
 )
 def test_invalid_arguments(kwargs, message) -> None:

@@ -149,6 +149,20 @@ def test_model_with_only_output_spectral_layers() -> None:
         prune_percentile(model, 50)
 
 
+def test_custom_activation_is_named_as_the_reason() -> None:
+    model = keras.Sequential(
+        [keras.Input((3,)), Spectral(4, activation=lambda t: t * 2.0, name="odd"), L.Dense(2)]
+    )
+    with pytest.raises(ValueError, match="'odd' activation is not elementwise"):
+        prune_percentile(model, 50)
+
+
+@pytest.mark.parametrize("bad", ["5", -1.0, float("nan"), None])
+def test_invalid_budget(bad) -> None:
+    with pytest.raises(ValueError, match="max_delta_percent"):
+        prune(three_layer_model(), eval_dictionary={"x": None}, max_delta_percent=bad)
+
+
 def test_metric_search_needs_eval_data() -> None:
     with pytest.raises(ValueError, match="eval_dictionary"):
         prune(three_layer_model())
