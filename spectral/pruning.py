@@ -130,6 +130,7 @@ def _report(
     min_units: int,
     masked_layers: list[str],
 ) -> PruningReport:
+    active = _units_after(spectra, keep)
     return PruningReport(
         method=method,
         percentile=percentile,
@@ -137,7 +138,11 @@ def _report(
         min_units=min_units,
         cutoff=cutoff,
         units_before={path: layer.units for path, layer in spectra.layers},
-        units_after=_units_after(spectra, keep),
+        units_after={
+            path: spectra.by_path[path].units if path in masked_layers else units
+            for path, units in active.items()
+        },
+        active_units_after=active,
         nodes_removed_fraction=_removed_fraction(spectra, keep),
         params_before=int(model.count_params()),
         params_after=int(new_model.count_params()),

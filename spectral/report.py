@@ -29,8 +29,10 @@ class PruningReport:
         cutoff: The |eigenvalue| cutoff: a float for global scope, a dict layer path -> float
             for per-layer scope.
         units_before: Layer path -> number of nodes before pruning (Spectral layers only).
-        units_after: Layer path -> number of active nodes after pruning. For a layer in
-            `masked_layers` the removed nodes are zeroed rather than sliced away.
+        units_after: Layer path -> number of nodes of the returned model's layer. A layer in
+            `masked_layers` keeps its size: its removed nodes are zeroed, not sliced away.
+        active_units_after: Layer path -> number of nodes still active after pruning (equal
+            to `units_after` except for masked layers).
         nodes_removed_fraction: Removed nodes over all prunable nodes.
         params_before: Parameter count of the model before pruning.
         params_after: Parameter count of the returned model.
@@ -60,6 +62,7 @@ class PruningReport:
     masked_layers: list[str] = field(default_factory=list)
     eigenvalues: dict[str, list[float]] = field(default_factory=dict)
     max_delta_percent: float | None = None
+    active_units_after: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the report as a JSON-safe dict (non-finite floats become `None`)."""
@@ -76,6 +79,7 @@ class PruningReport:
             "cutoff": cutoff,
             "units_before": {k: int(v) for k, v in self.units_before.items()},
             "units_after": {k: int(v) for k, v in self.units_after.items()},
+            "active_units_after": {k: int(v) for k, v in self.active_units_after.items()},
             "nodes_removed_fraction": float(self.nodes_removed_fraction),
             "params_before": int(self.params_before),
             "params_after": int(self.params_after),
