@@ -118,6 +118,11 @@ class PruneRequest(BaseModel):
         "method=percentile; for pretrain, omit it to search by metric.",
     )
     compare_metric: str = Field(default="accuracy", description="Metric the search keeps.")
+    higher_is_better: bool | None = Field(
+        default=None,
+        description="Direction of compare_metric; default inferred from its name (loss, "
+        "errors, crossentropies, false positives/negatives are lower-is-better).",
+    )
     max_delta_percent: float = Field(
         default=10.0, ge=0, le=100, description="Allowed relative metric loss, in percent."
     )
@@ -172,7 +177,7 @@ class PruneRequest(BaseModel):
         if self.method != "pretrain":
             unused |= {"epochs", "fine_tune_epochs"}
         if self.dataset_id is None:
-            unused |= {"compare_metric"}
+            unused |= {"compare_metric", "higher_is_better"}
         return self.model_dump(exclude=unused, exclude_none=True)
 
     def fingerprint(self) -> str:

@@ -43,6 +43,7 @@ def eigenvalue_pretraining(
     scope: str = "layer",
     min_units: int = 1,
     progress: Progress | None = None,
+    higher_is_better: bool | None = None,
 ) -> PruningResult:
     """Runs the spectral pretraining pipeline on a copy of `model`.
 
@@ -69,6 +70,7 @@ def eigenvalue_pretraining(
             1.3 accuracy points; per layer kept 20 / 30 and lost 0.7, see bench/quality.py).
         min_units: Nodes always kept per layer.
         progress: Optional `progress(fraction, message)`; its exceptions propagate.
+        higher_is_better: Direction of `compare_metric`; `None` infers it from the name.
 
     Returns:
         A `PruningResult` whose report has `method="pretrain"`; `metric_after` is measured
@@ -107,6 +109,7 @@ def eigenvalue_pretraining(
         scope=scope,
         min_units=min_units,
         progress=_scaled(progress, 0.4, 0.4),
+        higher_is_better=higher_is_better,
     )
     pruned, report = result.model, result.report
     compile_model(pruned, working, compile_dictionary, required=True)

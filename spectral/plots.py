@@ -114,7 +114,9 @@ def plot_metric_curve(
     if before is not None and delta is not None:
         from spectral.search import lower_is_better
 
-        sign = 1.0 if lower_is_better(name) else -1.0
+        higher = data.get("higher_is_better")
+        lower = lower_is_better(name) if higher is None else not higher
+        sign = 1.0 if lower else -1.0
         axis.axhline(
             before + sign * abs(before) * delta / 100.0,
             color="tab:red",

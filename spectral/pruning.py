@@ -19,7 +19,14 @@ from spectral.evaluation import evaluate
 from spectral.graph import Plan, Planner
 from spectral.masking import MaskedCopy, masked_model
 from spectral.report import PruningReport, PruningResult
-from spectral.search import Progress, notify, pick_metric, search_percentile, within_budget
+from spectral.search import (
+    Progress,
+    lower_is_better,
+    notify,
+    pick_metric,
+    search_percentile,
+    within_budget,
+)
 from spectral.selection import (
     ModelSpectra,
     analyse,
@@ -202,6 +209,7 @@ def metric_based_pruning(
     *,
     scope: str = "global",
     min_units: int = 1,
+    higher_is_better: bool | None = None,
 ) -> keras.Model:
     """Returns the most pruned model whose metric stays within `max_delta_percent` %.
 
@@ -214,6 +222,8 @@ def metric_based_pruning(
         percentile_step: Spacing of the percentile grid searched.
         scope: `"global"` or `"layer"`.
         min_units: Nodes always kept per layer.
+        higher_is_better: Direction of `compare_metric`; `None` infers it from the name
+            (losses, errors, crossentropies and false positives/negatives are lower-is-better).
 
     Returns:
         The compact pruned model, compiled.
@@ -235,6 +245,7 @@ def metric_based_pruning(
         percentile_step=percentile_step,
         scope=scope,
         min_units=min_units,
+        higher_is_better=higher_is_better,
     ).model
 
 
@@ -251,6 +262,7 @@ def prune(
     min_units: int = 1,
     progress: Progress | None = None,
     compact: bool = True,
+    higher_is_better: bool | None = None,
 ) -> PruningResult:
     """Prunes a model by percentile, or by searching the largest percentile within a budget.
 
@@ -269,6 +281,7 @@ def prune(
         min_units: Nodes always kept per layer.
         progress: Optional `progress(fraction, message)`; its exceptions propagate.
         compact: `False` returns a same-size masked model instead of slicing.
+        higher_is_better: Direction of `compare_metric`; `None` infers it from the name.
 
     Returns:
         A `PruningResult` (`model, report = prune(...)`).
@@ -318,6 +331,7 @@ def prune(
             scope,
             min_units,
             progress,
+            higher_is_better,
         )
         percentile, keep, cutoff = outcome.percentile, outcome.keep, outcome.cutoff
         metric_before, evaluations = outcome.metric_before, outcome.evaluations
@@ -337,11 +351,18 @@ def prune(
     if eval_dictionary is not None and compiled:
         report.metric_after = pick_metric(evaluate(new_model, eval_dictionary), compare_metric)
         report.metric_name = compare_metric
+        report.higher_is_better = (
+            not lower_is_better(compare_metric) if higher_is_better is None else higher_is_better
+        )
         report.metric_before = metric_before
         report.max_delta_percent = float(max_delta_percent)
         if method == "percentile" and metric_before is not None:
             ok = within_budget(
-                report.metric_after, metric_before, compare_metric, max_delta_percent
+                report.metric_after,
+                metric_before,
+                compare_metric,
+                max_delta_percent,
+                higher_is_better=higher_is_better,
             )
             evaluations = [
                 {"percentile": percentile, "value": report.metric_after, "within_budget": ok}

@@ -43,6 +43,7 @@ class PruningReport:
         masked_layers: Layers whose removed nodes were kept masked instead of sliced.
         eigenvalues: Layer path -> eigenvalues of the model before pruning.
         max_delta_percent: The metric budget, for metric-based runs.
+        higher_is_better: The compared metric's direction, when a metric was compared.
     """
 
     method: str
@@ -63,6 +64,7 @@ class PruningReport:
     eigenvalues: dict[str, list[float]] = field(default_factory=dict)
     max_delta_percent: float | None = None
     active_units_after: dict[str, int] = field(default_factory=dict)
+    higher_is_better: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the report as a JSON-safe dict (non-finite floats become `None`)."""
@@ -87,6 +89,7 @@ class PruningReport:
             "metric_before": _finite_or_none(self.metric_before),
             "metric_after": _finite_or_none(self.metric_after),
             "max_delta_percent": _finite_or_none(self.max_delta_percent),
+            "higher_is_better": self.higher_is_better,
             "evaluations": [
                 {
                     "percentile": float(e["percentile"]),

@@ -43,13 +43,22 @@ def lower_is_better(metric_name: str) -> bool:
 
 
 def within_budget(
-    value: float, reference: float, metric_name: str, max_delta_percent: float
+    value: float,
+    reference: float,
+    metric_name: str,
+    max_delta_percent: float,
+    *,
+    higher_is_better: bool | None = None,
 ) -> bool:
-    """Whether `value` is at most `max_delta_percent` % worse than `reference`."""
+    """Whether `value` is at most `max_delta_percent` % worse than `reference`.
+
+    The direction comes from `higher_is_better`, or from the metric's name when it is `None`.
+    """
     if not math.isfinite(value):
         return False
     allowed = abs(reference) * max_delta_percent / 100.0
-    if lower_is_better(metric_name):
+    lower = lower_is_better(metric_name) if higher_is_better is None else not higher_is_better
+    if lower:
         return value <= reference + allowed
     return value >= reference - allowed
 
@@ -96,6 +105,7 @@ def search_percentile(
     scope: str,
     min_units: int,
     progress: Progress | None = None,
+    higher_is_better: bool | None = None,
 ) -> SearchOutcome:
     """Bisects the percentile grid for the most pruned point within the metric budget.
 
@@ -109,6 +119,7 @@ def search_percentile(
         scope: `"global"` or `"layer"`.
         min_units: Nodes always kept per layer.
         progress: Optional `progress(fraction, message)` callback.
+        higher_is_better: The metric's direction; `None` infers it from the name.
 
     Returns:
         A `SearchOutcome`; its percentile is always a grid point whose evaluation was in budget.
@@ -129,7 +140,9 @@ def search_percentile(
         keep, cutoff = select_nodes(spectra, percentile, scope, min_units)
         masked.apply(keep)
         value = pick_metric(masked.evaluate(eval_dictionary), compare_metric)
-        ok = within_budget(value, reference, compare_metric, max_delta_percent)
+        ok = within_budget(
+            value, reference, compare_metric, max_delta_percent, higher_is_better=higher_is_better
+        )
         cache[index] = (value, ok, keep, cutoff)
         evaluations.append({"percentile": percentile, "value": value, "within_budget": ok})
         logger.info(

@@ -167,6 +167,7 @@ def _run(claim: jobs.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
     latency_before = _latency_ms(model, latency_batch)
     search = {
         "compare_metric": params.get("compare_metric", "accuracy"),
+        "higher_is_better": params.get("higher_is_better"),
         "max_delta_percent": params.get("max_delta_percent", 10.0),
         "percentile_step": params.get("percentile_step", 5.0),
     }
@@ -212,6 +213,7 @@ def _run(claim: jobs.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
             eval_dictionary=eval_dictionary,
             compile_dictionary=compile_kwargs,
             compare_metric=search["compare_metric"],
+            higher_is_better=search["higher_is_better"],
             **common,
         )
     pruned = result.model

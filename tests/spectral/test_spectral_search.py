@@ -65,6 +65,24 @@ def test_huge_budget_returns_most_pruned_grid_point(trained_model, digits) -> No
     assert units == [1, 1]  # percentile 100 with min_units=1 keeps the top node per layer
 
 
+def test_explicit_direction_overrides_the_name(trained_model, digits) -> None:
+    _, _, x_val, y_val = digits
+    kwargs = {
+        "eval_dictionary": {"x": x_val, "y": y_val},
+        "compile_dictionary": COMPILE,
+        "compare_metric": "loss",
+        "max_delta_percent": 1.0,
+        "percentile_step": 25,
+    }
+    by_name = prune(trained_model, **kwargs).report
+    assert by_name.higher_is_better is False and by_name.percentile < 100
+    # Declared higher-is-better, a rising loss counts as an improvement: nothing breaks the
+    # budget, so the search ends at the most pruned grid point.
+    declared = prune(trained_model, higher_is_better=True, **kwargs).report
+    assert declared.higher_is_better is True and declared.percentile == 100
+    assert declared.to_dict()["higher_is_better"] is True
+
+
 def test_zero_budget_is_never_none(trained_model, digits) -> None:
     _, _, x_val, y_val = digits
     model, report = prune(
@@ -180,6 +198,8 @@ def test_budget_is_relative() -> None:
     assert not within_budget(1.11, 1.0, "loss", 10)
     assert within_budget(0.5, 1.0, "loss", 0)  # improvements are always fine
     assert not within_budget(float("nan"), 1.0, "loss", 10)
+    assert within_budget(1.0, 10.0, "custom_score", 5, higher_is_better=False)
+    assert not within_budget(1.0, 10.0, "custom_score", 5, higher_is_better=True)
 
 
 def test_grid() -> None:
