@@ -190,7 +190,9 @@ class Registry:
                 session.flush()
                 record = VersionRecord.from_row(row)
         except IntegrityError as exc:
-            self._discard_unreferenced(sha256)
+            # Another request created the same name between the check above and this insert.
+            # The artifact file stays: a concurrent upload of the same bytes under another name
+            # may reference it before it commits, and deleting it would break that version.
             raise ModelExists(f"Model {name!r} already exists") from exc
         logger.info("created model %s (sha256 %s, %d bytes)", name, sha256[:12], size)
         return record
@@ -375,14 +377,6 @@ class Registry:
         with self.database.session() as session:
             row = session.scalars(select(VersionRow).where(VersionRow.job_id == job_id)).first()
             return VersionRecord.from_row(row) if row is not None else None
-
-    def _discard_unreferenced(self, sha256: str) -> None:
-        with self.database.session() as session:
-            used = session.scalar(
-                select(func.count()).select_from(VersionRow).where(VersionRow.sha256 == sha256)
-            )
-        if not used:
-            self.store.delete(sha256)
 
     @staticmethod
     def _require_model(session: Session, model_id: str) -> ModelRow:
