@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _MODEL_UPLOAD_PATH = re.compile(r"^/models(/[^/]+/versions)?/?$")
 _DATASET_UPLOAD_PATH = re.compile(r"^/datasets/?$")
+_PREDICT_PATH = re.compile(r"^/models/[^/]+(/versions/[^/]+)?/predict/?$")
 # Room for the multipart boundaries and the form's other fields around the file itself.
 _MULTIPART_OVERHEAD = 64 * 1024
 
@@ -36,8 +37,9 @@ ReadinessCheck = Callable[[], Any]
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: PayloadTooLarge.code}
 
 
-class UploadSizeLimit:
-    """Refuses uploads (models, datasets) over their limit with 413 while the body streams in.
+class BodySizeLimit:
+    """Refuses request bodies (model and dataset uploads, predict JSON) over their limit with
+    413 while the body streams in.
 
     A declared Content-Length over the limit is refused before reading anything; otherwise the
     bytes are counted as they arrive, so a chunked upload is cut off as soon as it passes the
@@ -82,7 +84,7 @@ class UploadSizeLimit:
     @staticmethod
     def _error(file_limit: int) -> PayloadTooLarge:
         return PayloadTooLarge(
-            f"Upload exceeds the limit of {file_limit / (1024 * 1024):.3g} MiB",
+            f"Request body exceeds the limit of {file_limit / (1024 * 1024):.3g} MiB",
             details={"limit_bytes": file_limit},
         )
 
@@ -215,10 +217,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     app.add_middleware(HttpMetrics, metrics=metrics)
     app.add_middleware(
-        UploadSizeLimit,
+        BodySizeLimit,
         limits=[
             (_MODEL_UPLOAD_PATH, settings.max_upload_bytes),
             (_DATASET_UPLOAD_PATH, settings.max_dataset_bytes),
+            (_PREDICT_PATH, settings.max_request_bytes),
         ],
     )
     for router in (ops.router, models.router, aliases.router, predict.router):

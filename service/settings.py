@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     api_workers: int = Field(default=1, description="Number of uvicorn worker processes.")
     max_upload_mb: float = Field(default=200.0, description="Largest accepted upload, in MiB.")
     max_batch: int = Field(default=1024, description="Largest batch accepted by predict.")
+    max_request_mb: float = Field(
+        default=32.0, description="Largest predict request body (JSON), in MiB; past it, 413."
+    )
     model_cache_size: int = Field(
         default=8, description="How many loaded model versions the predict cache keeps."
     )
@@ -88,6 +91,10 @@ class Settings(BaseSettings):
         if self.broker_url:
             return self.broker_url
         return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * 1024 * 1024)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -33,6 +33,20 @@ def _nothing_stored(api: RunningApi) -> None:
         assert conn.execute("SELECT count(*) FROM model_versions").fetchone()[0] == 0
 
 
+def test_oversize_predict_bodies_are_413(
+    start_api: Callable[..., RunningApi], digits_model_path: Path
+) -> None:
+    api = start_api({"SPECTRAL_MAX_REQUEST_MB": "0.1"})
+    with httpx.Client(base_url=api, timeout=60) as client:
+        assert upload(client, "digits", digits_model_path.read_bytes()).status_code == 201
+        small = client.post("/models/digits/predict", json={"inputs": [[0.0] * 64] * 4})
+        assert small.status_code == 200, small.text
+        # About 300 KiB of JSON, refused before it is parsed.
+        big = client.post("/models/digits/versions/1/predict", json={"inputs": [[0.5] * 64] * 1000})
+        assert big.status_code == 413, big.text
+        assert big.json()["error"]["code"] == "payload_too_large"
+
+
 def test_oversize_uploads_are_413_and_leave_nothing(
     start_api: Callable[..., RunningApi], digits_model_path: Path
 ) -> None:
