@@ -133,6 +133,11 @@ class PruneRequest(BaseModel):
     fine_tune_epochs: int | None = Field(
         default=None, ge=1, le=10_000, description="Fine-tune epochs; default `epochs`."
     )
+    eigenvalues_only: bool = Field(
+        default=False,
+        description="pretrain: train only the eigenvalues in phase 1 (biases and non-Spectral "
+        "layers frozen too); default freezes only the Spectral bases.",
+    )
     batch_size: int = Field(default=32, ge=1, le=65_536, description="Batch size.")
     scope: Literal["global", "layer"] | None = Field(
         default=None,
@@ -175,7 +180,7 @@ class PruneRequest(BaseModel):
         if not searches:
             unused |= {"max_delta_percent", "percentile_step"}
         if self.method != "pretrain":
-            unused |= {"epochs", "fine_tune_epochs"}
+            unused |= {"epochs", "fine_tune_epochs", "eigenvalues_only"}
         if self.dataset_id is None:
             unused |= {"compare_metric", "higher_is_better"}
         return self.model_dump(exclude=unused, exclude_none=True)

@@ -44,6 +44,7 @@ def eigenvalue_pretraining(
     min_units: int = 1,
     progress: Progress | None = None,
     higher_is_better: bool | None = None,
+    eigenvalues_only: bool = False,
 ) -> PruningResult:
     """Runs the spectral pretraining pipeline on a copy of `model`.
 
@@ -71,6 +72,9 @@ def eigenvalue_pretraining(
         min_units: Nodes always kept per layer.
         progress: Optional `progress(fraction, message)`; its exceptions propagate.
         higher_is_better: Direction of `compare_metric`; `None` infers it from the name.
+        eigenvalues_only: In phase 1, train the Spectral eigenvalues and nothing else
+            (Spectral biases and non-Spectral layers frozen too). The default freezes only
+            `base`, so that a randomly initialised head can learn alongside the eigenvalues.
 
     Returns:
         A `PruningResult` whose report has `method="pretrain"`; `metric_after` is measured
@@ -90,13 +94,18 @@ def eigenvalue_pretraining(
     layers = spectral_layers(working)
     if not layers:
         raise ValueError(f"The model has no Spectral layers to prune. Received: model={model.name}")
-    for _, layer in layers:
-        layer.base.trainable = False
+    if eigenvalues_only:
+        eigenvalues = {id(v) for _, layer in layers for v in (layer.diag_start, layer.diag_end)}
+        frozen = [v for v in working.trainable_weights if id(v) not in eigenvalues]
+    else:
+        frozen = [layer.base for _, layer in layers if layer.base.trainable]
+    for variable in frozen:
+        variable.trainable = False
     # Trainability changes only take effect in a freshly compiled train function.
     compile_model(working, model, compile_dictionary, required=True)
     working.fit(**{"verbose": 0, **dict(fit_kwargs)})
-    for _, layer in layers:
-        layer.base.trainable = layer.is_base_trainable
+    for variable in frozen:
+        variable.trainable = True
     notify(progress, 0.4, "pruning")
     result = prune(
         working,

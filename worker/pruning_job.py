@@ -195,6 +195,7 @@ def _run(claim: jobs.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
             percentile=params.get("percentile"),
             eval_dictionary=eval_dictionary,
             fine_tune_kwargs=fine_tune,
+            eigenvalues_only=bool(params.get("eigenvalues_only", False)),
             **search,
             **common,
         )

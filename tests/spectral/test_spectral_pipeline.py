@@ -38,6 +38,32 @@ class _Snapshot(keras.callbacks.Callback):
         for path, layer in spectral_layers(self.model):
             self.bases[path] = layer.return_base()
             self.eigenvalues[path] = layer.eigenvalues
+        self.weights = [np.array(w) for w in self.model.get_weights()]
+
+
+def test_eigenvalues_only_freezes_everything_else_in_phase_1(digits) -> None:
+    x_train, y_train, _, _ = digits
+    model = _fresh_model()
+    snapshot = _Snapshot()
+    eigenvalue_pretraining(
+        model,
+        {"x": x_train, "y": y_train, "epochs": 1, "batch_size": 64, "callbacks": [snapshot]},
+        compile_dictionary=COMPILE,
+        percentile=30,
+        fine_tune_kwargs={"x": x_train, "y": y_train, "epochs": 1, "batch_size": 64},
+        eigenvalues_only=True,
+    )
+    eigen_ids = {
+        id(v) for _, layer in spectral_layers(model) for v in (layer.diag_start, layer.diag_end)
+    }
+    changed = [
+        variable.path
+        for variable, after in zip(model.weights, snapshot.weights, strict=True)
+        if not np.array_equal(np.array(variable), after)
+    ]
+    # Only diag_end moved (diag_start is not trainable by default); the head and biases did not.
+    assert changed and all(path.endswith("diag_end") for path in changed), changed
+    assert all(id(v) in eigen_ids for v in model.weights if v.path in changed)
 
 
 def test_pipeline_freezes_base_then_prunes_and_fine_tunes(digits) -> None:
