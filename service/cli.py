@@ -116,5 +116,71 @@ def worker(
     celery_app.worker_main(worker_argv(names, concurrency=concurrency, loglevel=loglevel))
 
 
+@app.command()
+def prune(
+    model: Annotated[Path, typer.Argument(help="Trained .keras model with Spectral layers.")],
+    output: Annotated[Path, typer.Argument(help="Where to write the pruned .keras model.")],
+    percentile: Annotated[
+        float | None,
+        typer.Option(help="Prune at this percentile. Without it, search with --data."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help=".npz with arrays x and y: evaluation data (needed for the search)."),
+    ] = None,
+    compare_metric: Annotated[str, typer.Option(help="Metric the search keeps.")] = "accuracy",
+    max_delta_percent: Annotated[float, typer.Option(help="Allowed relative loss, %.")] = 10.0,
+    percentile_step: Annotated[float, typer.Option(help="Grid step of the search.")] = 5.0,
+    scope: Annotated[str, typer.Option(help='"global" or "layer".')] = "global",
+    min_units: Annotated[int, typer.Option(help="Fewest nodes a layer keeps.")] = 1,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the pruning report as JSON here.")
+    ] = None,
+) -> None:
+    """Prunes a .keras file locally, without a server (e.g. in a CI step before deploy)."""
+    import json
+
+    import keras
+
+    import spectral
+    from service.datasets import read_arrays
+    from service.errors import SpectralError
+
+    _configure_logging()
+    try:
+        eval_dictionary = None
+        if data is not None:
+            x, y = read_arrays(data.read_bytes())
+            eval_dictionary = {"x": x, "y": y}
+        loaded = keras.saving.load_model(model, safe_mode=True)
+        pruned, result = spectral.prune(
+            loaded,
+            percentile=percentile,
+            eval_dictionary=eval_dictionary,
+            compare_metric=compare_metric,
+            max_delta_percent=max_delta_percent,
+            percentile_step=percentile_step,
+            scope=scope,
+            min_units=min_units,
+        )
+    except (ValueError, OSError, SpectralError) as exc:
+        console.print(f"[bold red]error[/]: {exc}")
+        raise typer.Exit(code=2) from exc
+    pruned.save(output)
+    summary = result.to_dict()
+    if report is not None:
+        report.write_text(json.dumps(summary, indent=2))
+    metric = ""
+    if summary["metric_before"] is not None and summary["metric_after"] is not None:
+        metric = (
+            f", {compare_metric} {summary['metric_before']:.4g} -> {summary['metric_after']:.4g}"
+        )
+    console.print(
+        f"[bold]pruned[/] at percentile {summary['percentile']:g}: "
+        f"units {summary['units_before']} -> {summary['units_after']}, "
+        f"params {summary['params_before']} -> {summary['params_after']}{metric}; wrote {output}"
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from api_process import REPO_ROOT, find_free_port
 
@@ -59,3 +60,59 @@ def test_api_command_serves_on_the_given_port(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "200"},
+    )
+
+
+def test_prune_command_writes_a_smaller_model_and_report(
+    tmp_path: Path, digits_model_path: Path, digits_data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    import json
+
+    import keras
+
+    import spectral
+
+    x, y = digits_data
+    np.savez(tmp_path / "val.npz", x=x[:300], y=y[:300])
+    out, report = tmp_path / "small.keras", tmp_path / "report.json"
+    result = _cli(
+        "prune",
+        str(digits_model_path),
+        str(out),
+        "--data",
+        str(tmp_path / "val.npz"),
+        "--max-delta-percent",
+        "5",
+        "--report",
+        str(report),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(report.read_text())
+    assert summary["method"] == "metric"
+    assert summary["params_after"] < summary["params_before"]
+    assert summary["metric_after"] >= summary["metric_before"] * 0.95
+    small = keras.saving.load_model(out, safe_mode=True)
+    assert small.count_params() == summary["params_after"]
+    # The CLI's model is the library's own pruning at the chosen percentile.
+    original = keras.saving.load_model(digits_model_path, safe_mode=True)
+    expected = spectral.prune_percentile(original, summary["percentile"])
+    np.testing.assert_allclose(
+        small.predict(x[:16], verbose=0), expected.predict(x[:16], verbose=0), atol=1e-5
+    )
+
+
+def test_prune_command_reports_bad_input(tmp_path: Path, digits_model_path: Path) -> None:
+    result = _cli("prune", str(digits_model_path), str(tmp_path / "o.keras"), "--percentile", "150")
+    assert result.returncode == 2
+    assert "percentile" in result.stderr and "150" in result.stderr
+    assert not (tmp_path / "o.keras").exists()
