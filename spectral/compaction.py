@@ -50,6 +50,25 @@ def needs_bias(layer: Any, plan: LayerPlan | None) -> bool:
     return _fold(plan.inputs[0], to_numpy(layer.kernel)) is not None
 
 
+def mask_nodes(
+    base: np.ndarray, diag_end: np.ndarray, bias: np.ndarray | None, kept: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Copies of a Spectral layer's weights with every node outside `kept` masked.
+
+    A masked node has its incoming `base` column, its eigenvalue and its bias set to zero, so
+    it outputs the constant act(0). This is the one definition of masking; the masked model
+    that compaction must reproduce, and the masked fallback inside compaction, both use it.
+    """
+    zero = np.setdiff1d(np.arange(base.shape[1]), kept)
+    base, diag_end = base.copy(), diag_end.copy()
+    base[:, zero] = 0.0
+    diag_end[:, zero] = 0.0
+    if bias is not None:
+        bias = bias.copy()
+        bias[zero] = 0.0
+    return base, diag_end, bias
+
+
 def _spectral_weights(layer: Spectral, plan: LayerPlan, new_use_bias: bool) -> dict[str, Any]:
     w = _weights_by_name(layer)
     base, diag_start, diag_end = w["base"], w["diag_start"], w["diag_end"]
@@ -61,11 +80,9 @@ def _spectral_weights(layer: Spectral, plan: LayerPlan, new_use_bias: bool) -> d
     if feat is not None and feat.kept is not None:
         base, diag_start = base[feat.kept], diag_start[feat.kept]
     if plan.mask is not None:
-        zero = np.setdiff1d(np.arange(layer.units), plan.mask)
-        base, diag_end, bias = base.copy(), diag_end.copy(), bias.copy()
-        base[:, zero] = 0.0
-        diag_end[:, zero] = 0.0
-        bias[zero] = 0.0
+        base, diag_end, masked_bias = mask_nodes(base, diag_end, bias, plan.mask)
+        assert masked_bias is not None
+        bias = masked_bias
     if plan.keep is not None:
         base, diag_end, bias = base[:, plan.keep], diag_end[:, plan.keep], bias[plan.keep]
     out = {"base": base, "diag_start": diag_start, "diag_end": diag_end}

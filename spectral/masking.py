@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from spectral.compaction import copy_model
+from spectral.compaction import copy_model, mask_nodes
 from spectral.evaluation import evaluate
 from spectral.graph import spectral_layers
 from spectral.layer import to_numpy
@@ -45,19 +45,15 @@ class MaskedCopy:
         for path, layer in self._layers.items():
             original = self._originals[path]
             kept = keep.get(path)
-            zero = (
-                np.zeros(0, dtype=int)
-                if kept is None
-                else np.setdiff1d(np.arange(layer.units), kept)
+            base, diag_end, bias = mask_nodes(
+                original["base"],
+                original["diag_end"],
+                original.get("bias"),
+                np.arange(layer.units) if kept is None else kept,
             )
-            base, diag_end = original["base"].copy(), original["diag_end"].copy()
-            base[:, zero] = 0.0
-            diag_end[:, zero] = 0.0
             layer.base.assign(base)
             layer.diag_end.assign(diag_end)
             if layer.bias is not None:
-                bias = original["bias"].copy()
-                bias[zero] = 0.0
                 layer.bias.assign(bias)
 
     def evaluate(self, eval_dictionary: Mapping[str, Any]) -> dict[str, float]:
