@@ -133,13 +133,15 @@ def _run(claim: jobs.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
     import keras
 
     import spectral
+    from service.model_loading import load_model_bytes
     from service.registry import Registry
 
     progress = _Progress(settings, claim.job_id)
     progress.step(0.02, "loading model")
     registry = Registry.from_settings(settings, database(settings))
     record = registry.resolve(claim.model_id, claim.version)
-    model = registry.load_keras_model(record)
+    artifact = registry.read_artifact(record)  # checksum verified; read once for both uses
+    model = load_model_bytes(artifact)
     params = claim.params
     batch_size = int(params.get("batch_size", 32))
 
@@ -150,9 +152,7 @@ def _run(claim: jobs.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
             x, y = load_dataset(session, dataset_store(settings), claim.dataset_id)
         _check_dataset_fits(model, x)
 
-    compile_kwargs = params.get("compile") or jobs.artifact_compile_config(
-        registry.read_artifact(record)
-    )
+    compile_kwargs = params.get("compile") or jobs.artifact_compile_config(artifact)
     if claim.method in ("metric", "pretrain") and compile_kwargs is None:
         raise JobInputError(
             "This model artifact has no compile config; pass `compile` (e.g. "
