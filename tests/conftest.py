@@ -11,13 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from api_process import RunningApi, find_free_port, launch_api, stop_api
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# pytest puts tests/ on sys.path for this conftest, where tests/spectral and tests/service would
-# shadow the real packages as namespace packages; the repository root must come first.
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from tests.support.api import RunningApi, find_free_port, launch_api, stop_api
+
 POSTGRES_ADMIN_URL = "postgresql+psycopg://127.0.0.1:5432/test"
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from e2e_worker import RunningWorker
 
+from tests.support.worker import RunningWorker
 from worker.process import worker_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from e2e_worker import RunningWorker
-from job_client import get_job, submit_ok, upload_dataset, upload_model, versions, wait_for
+
+from tests.support.http import get_job, submit_ok, upload_dataset, upload_model, versions, wait_for
+from tests.support.worker import RunningWorker
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -15,8 +15,9 @@ import httpx
 import keras
 import numpy as np
 import pytest
-from e2e_worker import RunningWorker
-from job_client import (
+
+import spectral
+from tests.support.http import (
     get_job,
     predict,
     submit,
@@ -26,8 +27,7 @@ from job_client import (
     versions,
     wait_for,
 )
-
-import spectral
+from tests.support.worker import RunningWorker
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_process import REPO_ROOT
-from job_client import submit_ok, upload_model, versions, wait_for
+
+from tests.support.api import REPO_ROOT
+from tests.support.http import submit_ok, upload_model, versions, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from api_process import RunningApi, launch_api, stop_api
-from service_helpers import artifact_files, lambda_model_bytes, upload, upload_version
+
+from tests.support.api import RunningApi, launch_api, stop_api
+from tests.support.uploads import artifact_files, lambda_model_bytes, upload, upload_version
 
 MAX_BATCH = 16
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from api_process import REPO_ROOT, find_free_port
+
+from tests.support.api import REPO_ROOT, find_free_port
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from api_process import REPO_ROOT
+
+from tests.support.api import REPO_ROOT
 
 # Each process imports first, then waits for a shared start time, so the upgrades overlap.
 MIGRATE = (

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_process import RunningApi
-from service_helpers import artifact_files, upload
+
+from tests.support.api import RunningApi
+from tests.support.uploads import artifact_files, upload
 
 TOKEN = "s3cret-token"
 

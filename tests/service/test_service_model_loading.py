@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from service_helpers import lambda_model_bytes
 
 from service.errors import ArtifactRejected
 from service.model_loading import check_config, inspect_artifact
+from tests.support.uploads import lambda_model_bytes
 
 
 def test_inspect_returns_shapes_params_and_spectral_units(digits_model_path: Path) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_helpers import lambda_model_bytes
 from sqlalchemy import func, select
 
 from service.db import upgrade_database
@@ -24,6 +23,7 @@ from service.errors import (
 )
 from service.registry import AliasRow, ModelRow, Registry, VersionRow
 from service.settings import Settings
+from tests.support.uploads import lambda_model_bytes
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
-from spectral_helpers import COMPILE
 
 from spectral import Spectral
+from tests.support.spectral import COMPILE
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from spectral_helpers import ROOT, subprocess_env
+
+from tests.support.spectral import ROOT, subprocess_env
 
 SCRIPT = r"""
 import sys

@@ -5,10 +5,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from spectral_helpers import COMPILE
 
 from spectral import Spectral
 from spectral.evaluation import SINGLE_BATCH_MAX_ROWS, _single_batch, evaluate
+from tests.support.spectral import COMPILE
 
 
 @pytest.fixture(scope="module")

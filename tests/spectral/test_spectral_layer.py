@@ -5,10 +5,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from spectral_helpers import subprocess_env
 
 import spectral
 from spectral import Spectral
+from tests.support.spectral import subprocess_env
 
 
 def test_output_shape_and_weights() -> None:

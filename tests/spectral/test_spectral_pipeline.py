@@ -5,10 +5,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from spectral_helpers import COMPILE as BASE_COMPILE
 
 from spectral import Spectral, eigenvalue_pretraining
 from spectral.graph import spectral_layers
+from tests.support.spectral import COMPILE as BASE_COMPILE
 
 # A fresh optimizer per compile (a dict, not a shared instance); eigenvalues need a bigger step.
 COMPILE = {**BASE_COMPILE, "optimizer": {"class_name": "Adam", "config": {"learning_rate": 0.02}}}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import keras
 import pytest
-from spectral_helpers import COMPILE, randomize
 
 from spectral import Spectral, plot_eigenvalues, plot_metric_curve, prune
+from tests.support.spectral import COMPILE, randomize
 
 PNG = b"\x89PNG"
 

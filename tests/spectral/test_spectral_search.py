@@ -5,11 +5,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from spectral_helpers import COMPILE
 
 from spectral import metric_based_pruning, prune, prune_percentile
 from spectral.graph import spectral_layers
 from spectral.search import lower_is_better, percentile_grid, within_budget
+from tests.support.spectral import COMPILE
 
 
 def _metric(model: keras.Model, x, y, name: str) -> float:

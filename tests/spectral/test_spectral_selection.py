@@ -7,10 +7,10 @@ import json
 import keras
 import numpy as np
 import pytest
-from spectral_helpers import randomize
 
 from spectral import Spectral, prune, prune_percentile
 from spectral.graph import spectral_layers
+from tests.support.spectral import randomize
 
 L = keras.layers
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from job_helpers import digits_npz, uncompiled_digits_model
 
 import spectral
 from service import jobs
@@ -16,6 +15,7 @@ from service.datasets import create_dataset, dataset_store
 from service.db import Database, upgrade_database
 from service.registry import Registry
 from service.settings import Settings
+from tests.support.jobs import digits_npz, uncompiled_digits_model
 from worker.pruning_job import execute_job
 
 
