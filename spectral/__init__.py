@@ -1,8 +1,9 @@
 """Spectral training and physical pruning of fully connected Keras 3 networks."""
 
+from spectral.graph import spectral_layers
 from spectral.layer import Spectral
 from spectral.pipeline import eigenvalue_pretraining
-from spectral.plots import plot_eigenvalues, plot_metric_curve
+from spectral.plots import plot_eigenvalues, plot_metric_curve, plot_report
 from spectral.pruning import metric_based_pruning, prune, prune_percentile
 from spectral.report import PruningReport, PruningResult
 
@@ -14,6 +15,8 @@ __all__ = [
     "metric_based_pruning",
     "plot_eigenvalues",
     "plot_metric_curve",
+    "plot_report",
     "prune",
     "prune_percentile",
+    "spectral_layers",
 ]

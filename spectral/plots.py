@@ -1,4 +1,9 @@
-"""PNG plots of eigenvalue distributions and of the metric-based search (matplotlib, Agg)."""
+"""PNG plots of eigenvalue distributions and of the metric-based search (matplotlib, Agg).
+
+Each plot is built as a matplotlib `Figure` by `eigenvalue_figure` / `metric_curve_figure`, so
+tests (and callers who want to restyle) can inspect the plotted data before it is rendered; the
+public `plot_*` functions render those figures to PNG bytes.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +17,24 @@ import matplotlib
 matplotlib.use("Agg")
 
 import keras  # noqa: E402
+import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from spectral.graph import spectral_layers  # noqa: E402
 from spectral.report import PruningReport  # noqa: E402
+from spectral.search import lower_is_better  # noqa: E402
 
 
 def _png(figure: Figure, path: str | Path | None) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    data = buffer.getvalue()
+    return _write(buffer.getvalue(), path)
+
+
+def _write(data: bytes, path: str | Path | None) -> bytes:
     if path is not None:
         Path(path).write_bytes(data)
     return data
@@ -47,6 +57,18 @@ def plot_eigenvalues(
 
     Raises:
         ValueError: If there are no eigenvalues to plot.
+    """
+    return _png(eigenvalue_figure(model_or_report, cutoff), path)
+
+
+def eigenvalue_figure(
+    model_or_report: keras.Model | PruningReport | dict[str, Any],
+    cutoff: float | dict[str, float] | None = None,
+) -> Figure:
+    """The figure `plot_eigenvalues` renders: one |eigenvalue| histogram per Spectral layer.
+
+    Each axis is titled `"<path> (<n> nodes)"`; the cutoff is a vertical line labelled
+    `"cutoff"`. The caller owns the figure (close it with `matplotlib.pyplot.close`).
     """
     if isinstance(model_or_report, PruningReport):
         model_or_report = model_or_report.to_dict()
@@ -77,7 +99,7 @@ def plot_eigenvalues(
     for axis in list(axes.flat)[count:]:
         axis.set_visible(False)
     figure.tight_layout()
-    return _png(figure, path)
+    return figure
 
 
 def plot_metric_curve(
@@ -95,6 +117,16 @@ def plot_metric_curve(
     Raises:
         ValueError: If the report holds no evaluations.
     """
+    return _png(metric_curve_figure(report), path)
+
+
+def metric_curve_figure(report: PruningReport | dict[str, Any]) -> Figure:
+    """The figure `plot_metric_curve` renders, on one axis.
+
+    Lines, by label: the metric (`metric_name`, one point per evaluation), `"budget (<d>%)"`
+    and `"unpruned"` (horizontal), `"chosen"` (vertical, at the report's percentile); points
+    over budget get a red `x` marker labelled `"over budget"`.
+    """
     data = report.to_dict() if isinstance(report, PruningReport) else report
     points = sorted(
         (e for e in data.get("evaluations", []) if e.get("value") is not None),
@@ -107,13 +139,18 @@ def plot_metric_curve(
     xs = [e["percentile"] for e in points]
     ys = [e["value"] for e in points]
     axis.plot(xs, ys, color="tab:blue", marker="o", label=name)
-    for e in points:
-        if not e["within_budget"]:
-            axis.plot(e["percentile"], e["value"], "x", color="tab:red", markersize=9)
+    over = [e for e in points if not e["within_budget"]]
+    if over:
+        axis.plot(
+            [e["percentile"] for e in over],
+            [e["value"] for e in over],
+            "x",
+            color="tab:red",
+            markersize=9,
+            label="over budget",
+        )
     before, delta = data.get("metric_before"), data.get("max_delta_percent")
     if before is not None and delta is not None:
-        from spectral.search import lower_is_better
-
         higher = data.get("higher_is_better")
         lower = lower_is_better(name) if higher is None else not higher
         sign = 1.0 if lower else -1.0
@@ -130,4 +167,45 @@ def plot_metric_curve(
     axis.set_ylabel(name)
     axis.legend(loc="best")
     figure.tight_layout()
-    return _png(figure, path)
+    return figure
+
+
+def plot_report(report: PruningReport | dict[str, Any], path: str | Path | None = None) -> bytes:
+    """One PNG for a pruning report: the eigenvalue plot, with the metric curve under it.
+
+    The metric curve is added only when the report holds a search trace (`evaluations`).
+
+    Args:
+        report: A `PruningReport` or its `to_dict()`.
+        path: Where to also write the PNG.
+
+    Returns:
+        The PNG image as bytes.
+
+    Raises:
+        ValueError: If the report holds no eigenvalues.
+
+    Example:
+
+    >>> small, report = spectral.prune(model, percentile=50)
+    >>> spectral.plot_report(report, path="report.png")
+    """
+    data = report.to_dict() if isinstance(report, PruningReport) else report
+    eigen = plot_eigenvalues(data)
+    if not data.get("evaluations"):
+        return _write(eigen, path)
+    return _write(_stack_pngs([eigen, plot_metric_curve(data)]), path)
+
+
+def _stack_pngs(images: list[bytes]) -> bytes:
+    """Stacks PNGs vertically, left-aligned, padding narrower ones with white."""
+    arrays = [mpimg.imread(io.BytesIO(image), format="png") for image in images]
+    width = max(array.shape[1] for array in arrays)
+    padded = []
+    for array in arrays:
+        rgba = array if array.shape[2] == 4 else np.dstack([array, np.ones(array.shape[:2])])
+        pad = np.ones((rgba.shape[0], width - rgba.shape[1], 4), dtype=rgba.dtype)
+        padded.append(np.concatenate([rgba, pad], axis=1))
+    buffer = io.BytesIO()
+    mpimg.imsave(buffer, np.concatenate(padded, axis=0), format="png")
+    return buffer.getvalue()
