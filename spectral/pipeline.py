@@ -9,9 +9,10 @@ from typing import Any
 import keras
 
 from spectral.compaction import copy_model
+from spectral.compiling import compile_model
 from spectral.evaluation import evaluate
 from spectral.graph import spectral_layers
-from spectral.pruning import compile_model, prune
+from spectral.pruning import prune
 from spectral.report import PruningResult
 from spectral.search import Progress, notify
 

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from spectral.compaction import compact_model
+from spectral.compiling import compile_model
 from spectral.evaluation import evaluate
 from spectral.graph import Plan, Planner
 from spectral.masking import MaskedCopy, masked_model
@@ -38,35 +39,6 @@ from spectral.selection import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def compile_model(
-    target: keras.Model,
-    source: keras.Model,
-    compile_dictionary: Mapping[str, Any] | None,
-    required: bool,
-) -> bool:
-    """Compiles `target` with `compile_dictionary`, else like `source` if that is compiled.
-
-    Returns:
-        Whether `target` was compiled.
-
-    Raises:
-        ValueError: If `required` and there is nothing to compile with.
-    """
-    if compile_dictionary is not None:
-        target.compile(**dict(compile_dictionary))
-        return True
-    config = source.get_compile_config() if getattr(source, "compiled", False) else None
-    if config:
-        target.compile_from_config(config)
-        return True
-    if required:
-        raise ValueError(
-            "Evaluating needs a compiled model: pass `compile_dictionary` (keyword arguments "
-            "of `model.compile`) or compile the model first. Received: compile_dictionary=None"
-        )
-    return False
 
 
 def plan_pruning(
