@@ -1,27 +1,45 @@
-"""The ``spectral`` command line: run the API (and, with ``serve``, the embedded services)."""
+"""The ``spectral`` command line.
+
+- ``spectral prune`` prunes a local ``.keras`` file with the library alone;
+- ``spectral serve`` runs the API plus one embedded worker process, ``spectral api`` the API
+  only, ``spectral worker`` a worker. Workers are started by module name
+  (``python -m worker``), so nothing here imports the worker package.
+
+Only typer and the standard library are imported up front: a plain install (without the
+``[service]`` extra) can still prune, and the server commands say which extra they need.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import uvicorn
 from rich.console import Console
-from rich.logging import RichHandler
 
-from service.db import upgrade_database
-from service.settings import Settings
+if TYPE_CHECKING:
+    from service.settings import Settings
 
-app = typer.Typer(help="Spectral model service.", no_args_is_help=True)
+app = typer.Typer(
+    help="Spectral pruning: the library's pruning, the service and its workers.",
+    no_args_is_help=True,
+)
 console = Console(stderr=True)
+
+SERVICE_EXTRA = 'pip install "spectral-pruning[service]"'
 
 
 def _configure_logging() -> None:
+    from rich.logging import RichHandler
+
     logging.basicConfig(
         level=os.environ.get("SPECTRAL_LOG_LEVEL", "INFO"),
         format="%(message)s",
@@ -29,9 +47,42 @@ def _configure_logging() -> None:
     )
 
 
+@contextmanager
+def _needs_service_extra(command: str) -> Iterator[None]:
+    """Turns a missing server dependency into a message that names the extra to install."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        console.print(
+            f"[bold red]error[/]: `spectral {command}` needs the service extra "
+            f"({exc.name} is not installed): {SERVICE_EXTRA}"
+        )
+        raise typer.Exit(code=2) from exc
+
+
+def worker_command(
+    queues: Sequence[str] | None = None, *, concurrency: int = 1, loglevel: str = "INFO"
+) -> list[str]:
+    """The command line of a worker process (``python -m worker``); queues default to the
+    worker's settings' `all_queues`."""
+    argv = [sys.executable, "-m", "worker", "--concurrency", str(concurrency)]
+    if queues:
+        argv += ["--queues", ",".join(queues)]
+    return argv + ["--loglevel", loglevel]
+
+
+def start_worker(settings: Settings, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a worker for ``settings`` as a child in its own process group, so the caller can
+    stop it together with its pool children."""
+    env = {**os.environ, **settings.to_env(), **popen_kwargs.pop("env", {})}
+    return subprocess.Popen(worker_command(), env=env, start_new_session=True, **popen_kwargs)
+
+
 def _run_api(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
-        "service.app:create_app",
+        "service.api.app:create_app",
         factory=True,
         host=host,
         port=port,
@@ -50,6 +101,9 @@ def serve(
 ) -> None:
     """Runs the API on the embedded defaults (SQLite registry under --data-dir), and one
     Celery worker process on the embedded SQLite broker unless SPECTRAL_EMBEDDED_WORKER=false."""
+    with _needs_service_extra("serve"):
+        from service.db import upgrade_database
+        from service.settings import Settings
     _configure_logging()
     if data_dir is not None:
         # The factory reads settings from the environment in each uvicorn process.
@@ -62,15 +116,13 @@ def serve(
     )
     worker_process = None
     if settings.embedded_worker:
-        # Imported here: `spectral api` never needs the worker package.
-        from worker.process import start_worker_process
-
         # Migrate before two processes race to create the same SQLite tables.
         upgrade_database(settings)
-        worker_process = start_worker_process(settings)
+        worker_process = start_worker(settings)
         console.print(f"[bold]spectral serve[/]: embedded worker pid {worker_process.pid}")
     try:
-        _run_api(host or settings.host, port or settings.port, 1)
+        with _needs_service_extra("serve"):
+            _run_api(host or settings.host, port or settings.port, 1)
     finally:
         if worker_process is not None:
             _stop_worker(worker_process)
@@ -93,9 +145,12 @@ def api(
     workers: Annotated[int | None, typer.Option(help="uvicorn worker processes.")] = None,
 ) -> None:
     """Runs only the API (uvicorn), configured from SPECTRAL_* environment variables."""
-    _configure_logging()
-    settings = Settings()
-    _run_api(host or settings.host, port or settings.port, workers or settings.api_workers)
+    with _needs_service_extra("api"):
+        from service.settings import Settings
+
+        _configure_logging()
+        settings = Settings()
+        _run_api(host or settings.host, port or settings.port, workers or settings.api_workers)
 
 
 @app.command()
@@ -108,12 +163,21 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Runs a Celery worker for pruning jobs (broker from SPECTRAL_BROKER_URL)."""
-    from worker.celery_app import app as celery_app
-    from worker.process import all_queues, worker_argv
+    with _needs_service_extra("worker"):
+        import celery  # noqa: F401  (checked here, so a missing extra is named, not a traceback)
+    argv = worker_command(
+        queues.split(",") if queues else None, concurrency=concurrency, loglevel=loglevel
+    )
+    # The worker replaces this process, so signals from a supervisor reach Celery directly.
+    os.execv(sys.executable, argv)
 
-    settings = Settings()
-    names = queues.split(",") if queues else all_queues(settings)
-    celery_app.worker_main(worker_argv(names, concurrency=concurrency, loglevel=loglevel))
+
+def _read_npz(path: Path) -> dict[str, Any]:
+    """Arrays of an ``.npz`` file, loaded without pickle."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
 
 
 @app.command()
@@ -138,20 +202,19 @@ def prune(
     ] = None,
 ) -> None:
     """Prunes a .keras file locally, without a server (e.g. in a CI step before deploy)."""
-    import json
-
     import keras
 
     import spectral
-    from service.datasets import read_arrays
-    from service.errors import SpectralError
 
     _configure_logging()
     try:
         eval_dictionary = None
         if data is not None:
-            x, y = read_arrays(data.read_bytes())
-            eval_dictionary = {"x": x, "y": y}
+            arrays = _read_npz(data)
+            missing = sorted({"x", "y"} - set(arrays))
+            if missing:
+                raise ValueError(f"{data} needs arrays x and y. Missing: {missing}")
+            eval_dictionary = {"x": arrays["x"], "y": arrays["y"]}
         loaded = keras.saving.load_model(model, safe_mode=True)
         pruned, result = spectral.prune(
             loaded,
@@ -163,7 +226,7 @@ def prune(
             scope=scope,
             min_units=min_units,
         )
-    except (ValueError, OSError, SpectralError) as exc:
+    except (ValueError, OSError) as exc:
         console.print(f"[bold red]error[/]: {exc}")
         raise typer.Exit(code=2) from exc
     pruned.save(output)

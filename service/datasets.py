@@ -10,39 +10,22 @@ from __future__ import annotations
 import io
 import logging
 import zipfile
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
-from sqlalchemy import JSON, BigInteger, DateTime, String, select
+from sqlalchemy import JSON, BigInteger, String
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from service.artifacts import ArtifactStore
-from service.db import Base
-from service.errors import PayloadTooLarge, SpectralError
+from service.db import Base, UtcDateTime, utcnow
+from service.errors import DatasetNotFound, DatasetRejected, PayloadTooLarge
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _NUMERIC_KINDS = "biuf"
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-class DatasetRejected(SpectralError):
-    status_code = 422
-    code = "invalid_dataset"
-
-
-class DatasetNotFound(SpectralError):
-    status_code = 404
-    code = "dataset_not_found"
 
 
 class Dataset(Base):
@@ -56,38 +39,12 @@ class Dataset(Base):
     y_shape: Mapped[list[int]] = mapped_column(JSON)
     x_dtype: Mapped[str] = mapped_column(String(32))
     y_dtype: Mapped[str] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-
-
-class DatasetPublic(BaseModel):
-    id: str
-    sha256: str
-    size_bytes: int
-    filename: str | None
-    x_shape: list[int]
-    y_shape: list[int]
-    x_dtype: str
-    y_dtype: str
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Dataset) -> DatasetPublic:
-        return cls(
-            id=row.id,
-            sha256=row.sha256,
-            size_bytes=row.size_bytes,
-            filename=row.filename,
-            x_shape=list(row.x_shape),
-            y_shape=list(row.y_shape),
-            x_dtype=row.x_dtype,
-            y_dtype=row.y_dtype,
-            created_at=as_utc(row.created_at),
-        )
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 def dataset_store(settings: Settings) -> ArtifactStore:
     """Datasets live next to the model artifacts, in their own content-addressed folder."""
-    return ArtifactStore(Path(settings.data_dir) / "datasets")
+    return ArtifactStore(settings.dataset_root)
 
 
 def _expanded_size(data: bytes) -> int:
@@ -158,14 +115,14 @@ def create_dataset(
     *,
     max_bytes: int,
     filename: str | None = None,
-) -> tuple[DatasetPublic, bool]:
+) -> tuple[Dataset, bool]:
     """Validate and store an upload; returns the dataset and whether it is new."""
     x, y = read_arrays(data, max_bytes)
     sha256, size = store.put(data)
     dataset_id = f"ds_{sha256[:24]}"
     existing = session.get(Dataset, dataset_id)
     if existing is not None:
-        return DatasetPublic.from_row(existing), False
+        return existing, False
     row = Dataset(
         id=dataset_id,
         sha256=sha256,
@@ -175,7 +132,7 @@ def create_dataset(
         y_shape=[int(d) for d in y.shape],
         x_dtype=str(x.dtype),
         y_dtype=str(y.dtype),
-        created_at=datetime.now(UTC),
+        created_at=utcnow(),
     )
     try:
         with session.begin_nested():
@@ -183,21 +140,23 @@ def create_dataset(
     except IntegrityError:  # the same bytes uploaded concurrently
         found = session.get(Dataset, dataset_id)
         assert found is not None
-        return DatasetPublic.from_row(found), False
+        return found, False
     logger.info("stored dataset %s x=%s y=%s", dataset_id, row.x_shape, row.y_shape)
-    return DatasetPublic.from_row(row), True
+    return row, True
 
 
-def get_dataset(session: Session, dataset_id: str) -> DatasetPublic:
+def get_dataset(session: Session, dataset_id: str) -> Dataset:
+    """The dataset's row.
+
+    Raises:
+        DatasetNotFound: no dataset has this id.
+    """
     row = session.get(Dataset, dataset_id)
     if row is None:
         raise DatasetNotFound(f"No dataset with id {dataset_id!r}")
-    return DatasetPublic.from_row(row)
+    return row
 
 
 def load_dataset(session: Session, store: ArtifactStore, dataset_id: str) -> tuple[Any, Any]:
     """The ``(x, y)`` arrays of a stored dataset (checksum verified by the store)."""
-    row = session.scalar(select(Dataset).where(Dataset.id == dataset_id))
-    if row is None:
-        raise DatasetNotFound(f"No dataset with id {dataset_id!r}")
-    return read_arrays(store.read(row.sha256))
+    return read_arrays(store.read(get_dataset(session, dataset_id).sha256))

@@ -1,4 +1,4 @@
-"""Database engine, sessions and schema migrations (Alembic) for the registry and the jobs."""
+"""Database engine, sessions, schema migrations (Alembic), and the one UTC datetime column type."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import DateTime, Dialect, Engine, TypeDecorator, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from service.settings import Settings
@@ -25,6 +26,34 @@ _MIGRATION_LOCK_ID = 0x5EC7_0001
 
 class Base(DeclarativeBase):
     pass
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC: every stored time is one of these."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime column on every backend.
+
+    SQLite stores datetimes without their zone and hands back naive values; this type puts UTC
+    back on the way out, so no caller ever sees a naive time.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: store UTC times from utcnow()")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _is_sqlite(url: str) -> bool:
@@ -101,19 +130,21 @@ def upgrade_database(settings: Settings, revision: str = "head") -> None:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 try:
                     with engine.begin() as conn:
-                        _run_upgrade(url, conn, revision)
+                        _run_upgrade(url, conn, revision, settings.artifact_root)
                 finally:
                     fcntl.flock(lock, fcntl.LOCK_UN)
         else:
             with engine.begin() as conn:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-                _run_upgrade(url, conn, revision)
+                _run_upgrade(url, conn, revision, settings.artifact_root)
     finally:
         engine.dispose()
 
 
-def _run_upgrade(url: str, conn: Any, revision: str) -> None:
+def _run_upgrade(url: str, conn: Any, revision: str, artifact_root: Path) -> None:
     config = alembic_config(url)
     config.attributes["connection"] = conn
+    # Data migrations (0003 backfills each version's compile config) read the stored artifacts.
+    config.attributes["artifact_root"] = artifact_root
     command.upgrade(config, revision)
     logger.debug("database at %s upgraded to %s", url.split("@")[-1], revision)

@@ -1,8 +1,9 @@
-"""The service's one error hierarchy.
+"""Every error class of the service and the workers, in one hierarchy.
 
 Every error a client can see is a `SpectralError`: it carries an HTTP status, a stable
 snake_case ``code`` and a human ``message``. The app factory registers one handler that turns
-any of them into ``{"error": {"code", "message", "details"}}``.
+any of them into ``{"error": {"code", "message", "details"}}``; a job that fails with one
+records its message. The domain raises them without knowing HTTP: the status is data.
 """
 
 from __future__ import annotations
@@ -84,3 +85,54 @@ class ArtifactCorrupted(SpectralError):
 
     status_code = 500
     code = "artifact_corrupted"
+
+
+class InvalidJSON(InvalidInput):
+    status_code = 400
+    code = "invalid_json"
+
+
+class DatasetRejected(SpectralError):
+    status_code = 422
+    code = "invalid_dataset"
+
+
+class DatasetNotFound(SpectralError):
+    status_code = 404
+    code = "dataset_not_found"
+
+
+class JobNotFound(SpectralError):
+    status_code = 404
+    code = "job_not_found"
+
+
+class IdempotencyConflict(SpectralError):
+    status_code = 409
+    code = "idempotency_conflict"
+
+
+class JobFinished(SpectralError):
+    status_code = 409
+    code = "job_finished"
+
+
+class CompileConfigMissing(SpectralError):
+    status_code = 422
+    code = "compile_config_missing"
+
+
+class JobInputError(SpectralError):
+    """A job's inputs cannot work together (e.g. the dataset's shape against the model's)."""
+
+    status_code = 422
+    code = "invalid_job_input"
+
+
+class BrokerUnavailable(SpectralError):
+    status_code = 503
+    code = "broker_unavailable"
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job when a client asked to cancel it (never reaches a client)."""

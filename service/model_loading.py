@@ -4,6 +4,9 @@ An upload is checked in three steps before anything is stored: it must be a read
 ``config.json`` of bounded size; every serialized object in that config must be a built-in Keras
 class or a class registered by the `spectral` package (no ``Lambda``, no lambdas, nothing else);
 and Keras must load it with ``safe_mode=True``.
+
+The metadata recorded for a version includes its compile configuration, read from the same
+``config.json``, so jobs never open the artifact again to find out how to compile it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from service.errors import ArtifactRejected
 
 logger = logging.getLogger(__name__)
 
+# Keys of `model.compile` a job may use; anything else would be an arbitrary kwarg.
+COMPILE_KEYS = frozenset({"optimizer", "loss", "metrics", "loss_weights", "weighted_metrics"})
 _MAX_CONFIG_BYTES = 16 * 1024 * 1024
 _MAX_UNCOMPRESSED_RATIO = 50
 _DENIED_CLASSES = frozenset({"Lambda", "__lambda__", "TFSMLayer"})
@@ -113,9 +118,27 @@ def _read_config(data: bytes) -> dict[str, Any]:
     return config
 
 
+def compile_config(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``model.compile`` kwargs in a parsed ``config.json``, or None when uncompiled."""
+    saved = config.get("compile_config")
+    if not isinstance(saved, dict) or not saved.get("loss"):
+        return None
+    return {key: saved[key] for key in sorted(COMPILE_KEYS) if key in saved}
+
+
+def compile_config_from_archive(data: bytes) -> dict[str, Any] | None:
+    """`compile_config` of a ``.keras`` archive's bytes (None when unreadable or uncompiled)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError):
+        return None
+    return compile_config(config) if isinstance(config, dict) else None
+
+
 def model_metadata(model: Any) -> dict[str, Any]:
     """Shapes, dtypes, parameter count and Spectral layers of a loaded Keras model."""
-    from spectral import Spectral
+    import spectral
 
     def describe(tensors: Any) -> list[dict[str, Any]]:
         return [
@@ -129,8 +152,7 @@ def model_metadata(model: Any) -> dict[str, Any]:
 
     spectral_layers = [
         {"name": layer.name, "units": int(layer.units)}
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, Spectral)
+        for _, layer in spectral.spectral_layers(model)
     ]
     input_names = [getattr(t, "name", None) for t in model.inputs]
     return {
@@ -175,7 +197,8 @@ def inspect_artifact(data: bytes) -> dict[str, Any]:
     Raises:
         ArtifactRejected: the bytes are not a safe, loadable .keras model with inputs/outputs.
     """
-    check_config(_read_config(data))
+    config = _read_config(data)
+    check_config(config)
     try:
         model = load_model_bytes(data)
     except Exception as exc:
@@ -183,6 +206,6 @@ def inspect_artifact(data: bytes) -> dict[str, Any]:
     try:
         if not model.inputs or not model.outputs:
             raise ArtifactRejected("Model has no defined inputs/outputs (build it before saving)")
-        return model_metadata(model)
+        return {**model_metadata(model), "compile_config": compile_config(config)}
     except (AttributeError, ValueError) as exc:
         raise ArtifactRejected(f"Model has no defined inputs/outputs: {exc}") from exc

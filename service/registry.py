@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
-    DateTime,
     ForeignKey,
     ForeignKeyConstraint,
     Integer,
@@ -29,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from service.artifacts import ArtifactStore
-from service.db import Base, Database
+from service.db import Base, Database, UtcDateTime, utcnow
 from service.errors import (
     AliasNotFound,
     InvalidInput,
@@ -51,7 +50,7 @@ class ModelRow(Base):
     __tablename__ = "models"
 
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class VersionRow(Base):
@@ -63,7 +62,7 @@ class VersionRow(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
     parent_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -103,6 +102,16 @@ class VersionRecord:
     report: dict[str, Any] | None = None
     report_png_sha256: str | None = None
 
+    @property
+    def compile_config(self) -> dict[str, Any] | None:
+        """The ``model.compile`` kwargs saved in the artifact, recorded at upload.
+
+        Versions stored before this was recorded got it from migration 0003, which read each
+        stored artifact once.
+        """
+        config = self.metadata.get("compile_config")
+        return dict(config) if config else None
+
     @classmethod
     def from_row(cls, row: VersionRow) -> VersionRecord:
         return cls(
@@ -110,7 +119,7 @@ class VersionRecord:
             version=row.version,
             sha256=row.sha256,
             size_bytes=row.size_bytes,
-            created_at=_aware(row.created_at),
+            created_at=row.created_at,
             metadata=row.meta,
             parent_version=row.parent_version,
             lineage=row.lineage,
@@ -132,11 +141,6 @@ class ModelRecord:
     @property
     def latest_version(self) -> int | None:
         return self.versions[-1].version if self.versions else None
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite drops the timezone; everything is stored in UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def check_slug(value: str, what: str) -> str:
@@ -162,7 +166,7 @@ class Registry:
 
     @classmethod
     def from_settings(cls, settings: Settings, database: Database | None = None) -> Registry:
-        return cls(database or Database(settings), ArtifactStore(artifact_root(settings)))
+        return cls(database or Database(settings), ArtifactStore(settings.artifact_root))
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -180,7 +184,7 @@ class Registry:
                 raise ModelExists(f"Model {name!r} already exists; upload a new version instead")
         metadata = inspect_artifact(data)
         sha256, size = self.store.put(data)
-        now = datetime.now(UTC)
+        now = utcnow()
         try:
             with self.database.session() as session:
                 session.add(ModelRow(id=name, created_at=now))
@@ -236,7 +240,7 @@ class Registry:
                         select(func.max(VersionRow.version)).where(VersionRow.model_id == model_id)
                     )
                     row = self._new_version_row(
-                        model_id, (latest or 0) + 1, sha256, size, datetime.now(UTC), metadata
+                        model_id, (latest or 0) + 1, sha256, size, utcnow(), metadata
                     )
                     row.parent_version = parent_version
                     row.lineage = lineage
@@ -401,11 +405,7 @@ class Registry:
         aliases = session.scalars(select(AliasRow).where(AliasRow.model_id == model_id)).all()
         return ModelRecord(
             id=model.id,
-            created_at=_aware(model.created_at),
+            created_at=model.created_at,
             versions=[VersionRecord.from_row(v) for v in versions],
             aliases={a.alias: a.version for a in sorted(aliases, key=lambda a: a.alias)},
         )
-
-
-def artifact_root(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "artifacts"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +95,44 @@ class Settings(BaseSettings):
         return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
 
     @property
+    def artifact_root(self) -> Path:
+        """Where model artifacts and report images are stored, by sha256."""
+        return Path(self.data_dir) / "artifacts"
+
+    @property
+    def dataset_root(self) -> Path:
+        """Where uploaded datasets are stored, by sha256."""
+        return Path(self.data_dir) / "datasets"
+
+    @property
+    def all_queues(self) -> list[str]:
+        """The default queue plus every routed one: what a lone (embedded) worker consumes."""
+        routed = set(self.queue_routes.values()) - {self.default_queue}
+        return [self.default_queue, *sorted(routed)]
+
+    def queue_for(self, method: str) -> str:
+        """The queue a job of this method goes to (``queue_routes``, else the default)."""
+        return self.queue_routes.get(method, self.default_queue)
+
+    def to_env(self) -> dict[str, str]:
+        """``SPECTRAL_*`` variables that rebuild these settings in another process."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value: Any = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, dict | list):
+                text = json.dumps(value)
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[f"SPECTRAL_{name.upper()}"] = text
+        return env
+
+    @property
     def max_request_bytes(self) -> int:
         return int(self.max_request_mb * 1024 * 1024)
 
@@ -107,4 +147,8 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
+    """The settings of this process, read once from the environment (the worker's source).
+
+    The API does not use it: `create_app` takes its settings as an argument.
+    """
     return Settings()

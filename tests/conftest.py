@@ -1,5 +1,6 @@
 """Fixtures shared by every test directory: digits data, a trained Spectral model file, free
-ports, a throw-away PostgreSQL database, and a factory that runs the real API in a subprocess."""
+ports, a migrated registry database on SQLite or PostgreSQL, and a factory that runs the real
+API in a subprocess."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.db import Database, upgrade_database
+from service.settings import Settings
 from tests.support.api import RunningApi, find_free_port, launch_api, stop_api
+from tests.support.digits import build_digits_model, digits
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://127.0.0.1:5432/test"
 
@@ -37,43 +41,22 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture(scope="session")
 def digits_data() -> tuple[np.ndarray, np.ndarray]:
-    """sklearn's 8x8 digits: ``x`` float32 in [0, 1] of shape (1797, 64), ``y`` int labels."""
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    return (x / 16.0).astype("float32"), y.astype("int64")
-
-
-def train_digits_model(
-    x: np.ndarray, y: np.ndarray, *, hidden: tuple[int, int] = (32, 16), epochs: int = 3
-) -> Any:
-    """64 -> Spectral -> Spectral -> Dense(10, softmax), trained briefly (seeded)."""
-    import keras
-
-    from spectral import Spectral
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((64,), name="pixels"),
-            Spectral(hidden[0], activation="relu"),
-            Spectral(hidden[1], activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
-    return model
+    """sklearn's 8x8 digits (`tests.support.digits.digits`)."""
+    return digits()
 
 
 @pytest.fixture(scope="session")
-def digits_model_path(
-    tmp_path_factory: pytest.TempPathFactory, digits_data: tuple[np.ndarray, np.ndarray]
-) -> Path:
+def digits_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small trained digits model with two Spectral layers, saved as a (compiled) .keras file."""
     path = tmp_path_factory.mktemp("models") / "digits.keras"
-    train_digits_model(*digits_data).save(path)
+    build_digits_model().save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def model_bytes(digits_model_path: Path) -> bytes:
+    """The same digits model as .keras bytes."""
+    return digits_model_path.read_bytes()
 
 
 # -- infrastructure ---------------------------------------------------------------------------
@@ -106,6 +89,32 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def job_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings with a migrated database, on both backends the service supports.
+
+    PostgreSQL is the session's shared test database, so each test gets a queue of its own and
+    looks only at its own jobs.
+    """
+    database_url = (
+        request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    )
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        default_queue=f"test-{uuid.uuid4().hex[:10]}",
+    )
+    upgrade_database(settings)
+    return settings
+
+
+@pytest.fixture
+def db(job_settings: Settings) -> Iterator[Database]:
+    database = Database(job_settings)
+    yield database
+    database.dispose()
 
 
 @pytest.fixture

@@ -14,16 +14,54 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_ready
 
 from service.db import upgrade_database
-from service.settings import get_settings
-from worker.celery_app import app, enqueue_job
-from worker.job_state import recover_lost_jobs
+from service.jobs import state
+from service.jobs.submission import Enqueue
+from service.jobs.table import Job
+from service.messaging import send_job
+from service.settings import Settings, get_settings
+from worker.sessions import job_session
 
 logger = logging.getLogger(__name__)
+
+
+def recover_lost_jobs(
+    settings: Settings,
+    enqueue: Enqueue,
+    *,
+    queues: Sequence[str] | None = None,
+    resend_queued: bool = False,
+) -> tuple[list[str], list[str]]:
+    """Re-queue (or fail) running jobs whose heartbeat expired and send their messages again.
+
+    With ``resend_queued`` (at worker start), also re-send every queued job: its message may have
+    been lost with a broker or worker. A duplicate message is harmless, because only one
+    delivery can claim a queued job.
+    """
+    with job_session(settings) as session:
+        requeued, failed = state.recover_jobs(
+            session,
+            lease_s=settings.job_lease_s,
+            max_attempts=settings.job_max_attempts,
+            queues=queues,
+        )
+        to_send = (
+            state.queued_job_ids(session, queues)
+            if resend_queued
+            else [(job_id, session.get(Job, job_id).queue) for job_id in requeued]  # type: ignore[union-attr]
+        )
+    for job_id, queue in to_send:
+        enqueue(job_id, queue)
+    if requeued or failed or to_send:
+        logger.warning(
+            "recovery: re-queued %s, failed %s, sent %d message(s)", requeued, failed, len(to_send)
+        )
+    return requeued, failed
 
 
 def _consumer_queues(consumer: Any) -> list[str] | None:
@@ -31,10 +69,6 @@ def _consumer_queues(consumer: Any) -> list[str] | None:
         return [queue.name for queue in consumer.task_consumer.queues]
     except AttributeError:
         return None
-
-
-def _send(job_id: str, queue: str) -> None:
-    enqueue_job(app, job_id, queue)
 
 
 @worker_init.connect
@@ -46,9 +80,16 @@ def _prepare_database(**_: Any) -> None:
 def _recover_on_start(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     queues = _consumer_queues(sender)
-    logger.info("worker ready on queues %s, broker %s", queues, app.conf.broker_url.split("@")[-1])
+    celery = sender.app
+
+    def send(job_id: str, queue: str) -> None:
+        send_job(celery, job_id, queue)
+
+    logger.info(
+        "worker ready on queues %s, broker %s", queues, celery.conf.broker_url.split("@")[-1]
+    )
     try:
-        recover_lost_jobs(settings, _send, queues=queues, resend_queued=True)
+        recover_lost_jobs(settings, send, queues=queues, resend_queued=True)
     except Exception:
         logger.exception("start-up job recovery failed")
 
@@ -57,7 +98,7 @@ def _recover_on_start(sender: Any = None, **_: Any) -> None:
     def reap() -> None:
         while not stop.wait(max(settings.job_lease_s / 2, 0.5)):
             try:
-                recover_lost_jobs(settings, _send, queues=queues)
+                recover_lost_jobs(settings, send, queues=queues)
             except Exception:
                 logger.exception("job recovery failed")
 

@@ -1,257 +1,159 @@
-"""The domain function a pruning task calls: run one job from the `jobs` table to its end.
+"""Running one pruning job from the `jobs` table to its end: `execute_job`.
 
-`execute_job` claims the job, loads the model version and dataset, runs `spectral.prune` or
-`spectral.eigenvalue_pretraining`, measures the result (size, latency, metric), and stores it as
-ONE new version of the same model through the registry (idempotent on the job id). It reports
-progress to the job row, which is also how a client's cancel request reaches it.
+A job claims its row, then goes through four steps, each a function here: load the inputs,
+run the method (`worker.methods.METHODS`), measure the result, and save it as ONE new version
+of the same model through the registry (idempotent on the job id). Progress goes to the job's
+row, which is also how a client's cancel request reaches the job.
 
-TensorFlow, Keras and `spectral` are imported inside the functions: this module is only ever
-imported in a pool child, after the fork.
+This module imports TensorFlow (through `spectral`): only a pool child imports it, after the
+fork (see `worker.tasks`).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
-from service import jobs
+import spectral
 from service.datasets import dataset_store, load_dataset
+from service.errors import JobCancelled, JobInputError
+from service.jobs import state
+from service.model_loading import load_model_bytes
+from service.registry import Registry, VersionRecord
 from service.settings import Settings
-from worker.job_state import database, job_session
+from worker.methods import METHODS, JobInputs
+from worker.progress import LIBRARY_END, LIBRARY_START, Heartbeat, JobProgress
+from worker.sessions import database, fail_job, job_session
 
 logger = logging.getLogger(__name__)
 
-# Share of the job's progress given to the library's own steps.
-_LIBRARY_START, _LIBRARY_END = 0.1, 0.85
 _LATENCY_REPEATS = 5
-
-
-class JobInputError(ValueError):
-    """The job's inputs cannot work together (e.g. dataset shape vs model input)."""
 
 
 def execute_job(job_id: str, settings: Settings) -> None:
     """Run job ``job_id``; every outcome, including failure, is written to its row."""
     with job_session(settings) as session:
-        claim = jobs.claim_job(session, job_id, max_attempts=settings.job_max_attempts)
+        claim = state.claim_job(session, job_id, max_attempts=settings.job_max_attempts)
     if claim is None:
         return
     logger.info(
         "job %s attempt %d: %s on %s v%d",
         job_id,
         claim.attempt,
-        claim.method,
+        claim.params.method,
         claim.model_id,
         claim.version,
     )
-    heartbeat = _Heartbeat(settings, job_id)
-    heartbeat.start()
     try:
-        version, report = _run(claim, settings)
-    except jobs.JobCancelled:
+        with Heartbeat(settings, job_id):
+            version, report = run_job(claim, settings)
+    except JobCancelled:
         with job_session(settings) as session:
-            jobs.mark_cancelled(session, job_id)
+            state.mark_cancelled(session, job_id)
         logger.info("job %s cancelled", job_id)
     except SoftTimeLimitExceeded:
-        _fail(settings, job_id, f"Time limit of {settings.job_soft_time_limit_s} s exceeded")
+        fail_job(settings, job_id, f"Time limit of {settings.job_soft_time_limit_s} s exceeded")
     except Exception as exc:
         logger.exception("job %s failed", job_id)
-        _fail(settings, job_id, f"{type(exc).__name__}: {exc}")
+        fail_job(settings, job_id, f"{type(exc).__name__}: {exc}")
     else:
         with job_session(settings) as session:
-            jobs.mark_succeeded(session, job_id, result_version=version, report=report)
+            state.mark_succeeded(session, job_id, result_version=version, report=report)
         logger.info("job %s succeeded: %s v%d", job_id, claim.model_id, version)
-    finally:
-        heartbeat.stop()
 
 
-def _fail(settings: Settings, job_id: str, error: str) -> None:
-    with job_session(settings) as session:
-        jobs.mark_failed(session, job_id, error)
-
-
-class _Heartbeat:
-    """Keeps the job's lease fresh while a long library step (e.g. ``fit``) runs."""
-
-    def __init__(self, settings: Settings, job_id: str) -> None:
-        self._settings = settings
-        self._job_id = job_id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._settings.job_heartbeat_s):
-            try:
-                with job_session(self._settings) as session:
-                    jobs.heartbeat(session, self._job_id)
-            except Exception:
-                logger.exception("heartbeat of job %s failed", self._job_id)
-
-
-class _Progress:
-    """The library's ``progress`` callback: records progress, raises when cancel was asked."""
-
-    def __init__(self, settings: Settings, job_id: str) -> None:
-        self._settings = settings
-        self._job_id = job_id
-
-    def step(self, fraction: float, message: str) -> None:
-        with job_session(self._settings) as session:
-            cancel = jobs.record_progress(session, self._job_id, fraction, message)
-        if cancel:
-            raise jobs.JobCancelled(self._job_id)
-
-    def check_cancel(self, message: str) -> None:
-        with job_session(self._settings) as session:
-            jobs.heartbeat(session, self._job_id)
-            cancel = jobs.is_cancel_requested(session, self._job_id)
-        if cancel:
-            raise jobs.JobCancelled(f"{self._job_id} ({message})")
-
-    def library(self, fraction: float, message: str) -> None:
-        span = _LIBRARY_END - _LIBRARY_START
-        self.step(_LIBRARY_START + span * max(0.0, min(1.0, fraction)), message)
-
-
-def _run(claim: jobs.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
-    import keras
-
-    import spectral
-    from service.model_loading import load_model_bytes
-    from service.registry import Registry
-
-    progress = _Progress(settings, claim.job_id)
-    progress.step(0.02, "loading model")
+def run_job(claim: state.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
+    """The steps of one claimed job; returns the new version and its report."""
+    progress = JobProgress(settings, claim.job_id)
     registry = Registry.from_settings(settings, database(settings))
-    record = registry.resolve(claim.model_id, claim.version)
-    artifact = registry.read_artifact(record)  # checksum verified; read once for both uses
-    model = load_model_bytes(artifact)
-    params = claim.params
-    batch_size = int(params.get("batch_size", 32))
+    inputs = load_inputs(claim, registry, settings, progress)
+    latency_batch = _latency_batch(inputs)
+    latency_before = latency_ms(inputs.model, latency_batch)
 
-    x = y = None
-    if claim.dataset_id is not None:
-        progress.step(0.05, "loading dataset")
-        with job_session(settings) as session:
-            x, y = load_dataset(session, dataset_store(settings), claim.dataset_id)
-        _check_dataset_fits(model, x)
+    progress.step(LIBRARY_START, f"{claim.params.method} pruning")
+    result = METHODS[claim.params.method](inputs, claim.params, progress)
 
-    compile_kwargs = params.get("compile") or jobs.artifact_compile_config(artifact)
-    if claim.method in ("metric", "pretrain") and compile_kwargs is None:
-        raise JobInputError(
-            "This model artifact has no compile config; pass `compile` (e.g. "
-            '{"optimizer": "adam", "loss": "sparse_categorical_crossentropy", '
-            '"metrics": ["accuracy"]})'
-        )
-    eval_dictionary = None
-    if x is not None and compile_kwargs is not None:
-        eval_dictionary = {"x": x, "y": y, "batch_size": batch_size, "verbose": 0}
-
-    latency_batch = _latency_batch(model, x, batch_size)
-    latency_before = _latency_ms(model, latency_batch)
-    search = {
-        "compare_metric": params.get("compare_metric", "accuracy"),
-        "higher_is_better": params.get("higher_is_better"),
-        "max_delta_percent": params.get("max_delta_percent", 10.0),
-        "percentile_step": params.get("percentile_step", 5.0),
-    }
-    common = {
-        "scope": params.get("scope", "global"),
-        "min_units": params.get("min_units", 1),
-        "progress": progress.library,
-    }
-    progress.step(_LIBRARY_START, f"{claim.method} pruning")
-    if claim.method == "pretrain":
-        epochs = int(params.get("epochs", 5))
-        fit_kwargs = {
-            "x": x,
-            "y": y,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "verbose": 0,
-            "callbacks": [_cancel_callback(progress)],
-        }
-        fine_tune = {**fit_kwargs, "epochs": int(params.get("fine_tune_epochs") or epochs)}
-        result = spectral.eigenvalue_pretraining(
-            model,
-            fit_kwargs,
-            compile_dictionary=compile_kwargs,
-            percentile=params.get("percentile"),
-            eval_dictionary=eval_dictionary,
-            fine_tune_kwargs=fine_tune,
-            eigenvalues_only=bool(params.get("eigenvalues_only", False)),
-            **search,
-            **common,
-        )
-    elif claim.method == "metric":
-        result = spectral.prune(
-            model,
-            eval_dictionary=eval_dictionary,
-            compile_dictionary=compile_kwargs,
-            **search,
-            **common,
-        )
-    else:
-        result = spectral.prune(
-            model,
-            percentile=float(params["percentile"]),
-            eval_dictionary=eval_dictionary,
-            compile_dictionary=compile_kwargs,
-            compare_metric=search["compare_metric"],
-            higher_is_better=search["higher_is_better"],
-            **common,
-        )
-    pruned = result.model
-
-    progress.step(_LIBRARY_END, "measuring the pruned model")
-    latency_after = _latency_ms(pruned, latency_batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "pruned.keras"
-        pruned.save(path)
-        data = path.read_bytes()
-    png = _report_png(spectral, result.report)
+    progress.step(LIBRARY_END, "measuring the pruned model")
+    data = _keras_bytes(result.model)
     report = {
         **result.report.to_dict(),
-        "artifact_bytes_before": record.size_bytes,
-        "artifact_bytes_after": len(data),
-        "latency_ms_before": latency_before,
-        "latency_ms_after": latency_after,
-        "latency_batch_size": int(latency_batch.shape[0]),
-        "keras_backend": keras.backend.backend(),
+        **measure(inputs, result.model, data, latency_batch, latency_before),
         "job_id": claim.job_id,
         "attempt": claim.attempt,
     }
 
     progress.step(0.95, "storing the new version")
+    return save(claim, registry, inputs.record, data, result, report), report
+
+
+def measure(
+    inputs: JobInputs, pruned: Any, data: bytes, batch: np.ndarray, latency_before: float
+) -> dict[str, Any]:
+    """Size and latency of the pruned model against the original, for the report."""
+    return {
+        "artifact_bytes_before": inputs.record.size_bytes,
+        "artifact_bytes_after": len(data),
+        "latency_ms_before": latency_before,
+        "latency_ms_after": latency_ms(pruned, batch),
+        "latency_batch_size": int(batch.shape[0]),
+        "keras_backend": keras.backend.backend(),
+    }
+
+
+def save(
+    claim: state.Claim,
+    registry: Registry,
+    parent: VersionRecord,
+    data: bytes,
+    result: spectral.PruningResult,
+    report: dict[str, Any],
+) -> int:
+    """Store the pruned model as the next version, with its lineage, report and report image."""
     new = registry.add_version(
         claim.model_id,
         data,
-        parent_version=record.version,
-        lineage={"job_id": claim.job_id, "method": claim.method, "params": params},
+        parent_version=parent.version,
+        lineage={
+            "job_id": claim.job_id,
+            "method": claim.params.method,
+            "params": claim.params.recorded(),
+        },
         job_id=claim.job_id,
         report=report,
-        report_png=png,
+        report_png=spectral.plot_report(result.report),
     )
-    return new.version, report
+    return new.version
 
 
-def _check_dataset_fits(model: Any, x: np.ndarray) -> None:
+def load_inputs(
+    claim: state.Claim, registry: Registry, settings: Settings, progress: JobProgress
+) -> JobInputs:
+    """The model version, its model, the dataset (checked against the model) and compile kwargs."""
+    params = claim.params
+    progress.step(0.02, "loading model")
+    record = registry.resolve(claim.model_id, claim.version)
+    compile_kwargs = params.compile_for(
+        record.compile_config, f"Model {record.model_id!r} version {record.version}"
+    )
+    model = load_model_bytes(registry.read_artifact(record))
+    x = y = None
+    if params.dataset_id is not None:
+        progress.step(0.05, "loading dataset")
+        with job_session(settings) as session:
+            x, y = load_dataset(session, dataset_store(settings), params.dataset_id)
+        _check_fits(model, x)
+    return JobInputs(record, model, x, y, compile_kwargs, params.batch_size)
+
+
+def _check_fits(model: Any, x: np.ndarray) -> None:
     expected = tuple(model.inputs[0].shape[1:])
     received = tuple(x.shape[1:])
     if len(expected) != len(received) or any(
@@ -259,18 +161,18 @@ def _check_dataset_fits(model: Any, x: np.ndarray) -> None:
     ):
         raise JobInputError(
             f"Dataset x has samples of shape {list(received)} but the model expects "
-            f"{[d for d in expected]}"
+            f"{list(expected)}"
         )
 
 
-def _latency_batch(model: Any, x: np.ndarray | None, batch_size: int) -> np.ndarray:
-    if x is not None:
-        return np.asarray(x[:batch_size])
-    shape = [batch_size] + [d or 1 for d in model.inputs[0].shape[1:]]
+def _latency_batch(inputs: JobInputs) -> np.ndarray:
+    if inputs.x is not None:
+        return np.asarray(inputs.x[: inputs.batch_size])
+    shape = [inputs.batch_size] + [d or 1 for d in inputs.model.inputs[0].shape[1:]]
     return np.random.default_rng(0).standard_normal(shape).astype("float32")
 
 
-def _latency_ms(model: Any, batch: np.ndarray) -> float:
+def latency_ms(model: Any, batch: np.ndarray) -> float:
     """Median wall time of one batch prediction, after a warm-up call."""
     model.predict_on_batch(batch)
     timings = []
@@ -281,39 +183,8 @@ def _latency_ms(model: Any, batch: np.ndarray) -> float:
     return round(statistics.median(timings), 4)
 
 
-def _cancel_callback(progress: _Progress) -> Any:
-    """A Keras callback that lets a cancel request stop ``fit`` between epochs."""
-    import keras
-
-    class CancelBetweenEpochs(keras.callbacks.Callback):  # type: ignore[misc]
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            progress.check_cancel(f"epoch {epoch + 1}")
-
-    return CancelBetweenEpochs()
-
-
-def _report_png(spectral: Any, report: Any) -> bytes:
-    """The eigenvalue plot, with the metric curve under it when a search ran."""
-    eigen_png = spectral.plot_eigenvalues(report)
-    if not report.evaluations:
-        return bytes(eigen_png)
-    curve_png = spectral.plot_metric_curve(report)
-    return _stack_pngs([eigen_png, curve_png])
-
-
-def _stack_pngs(images: list[bytes]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.image as mpimg
-
-    arrays = [mpimg.imread(io.BytesIO(image), format="png") for image in images]
-    width = max(array.shape[1] for array in arrays)
-    padded = []
-    for array in arrays:
-        rgba = array if array.shape[2] == 4 else np.dstack([array, np.ones(array.shape[:2])])
-        pad = np.ones((rgba.shape[0], width - rgba.shape[1], 4), dtype=rgba.dtype)
-        padded.append(np.concatenate([rgba, pad], axis=1))
-    buffer = io.BytesIO()
-    mpimg.imsave(buffer, np.concatenate(padded, axis=0), format="png")
-    return buffer.getvalue()
+def _keras_bytes(model: Any) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pruned.keras"
+        model.save(path)
+        return path.read_bytes()

@@ -1,4 +1,4 @@
-"""Database access for worker processes, and the recovery of jobs whose worker was lost.
+"""Database access for worker processes.
 
 Each process opens its own engine: a child forked by the Celery pool drops the connections it
 inherited from its parent instead of sharing them.
@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
-from service import jobs
 from service.db import Database
+from service.jobs import state
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,44 +53,10 @@ def job_session(settings: Settings) -> Iterator[Session]:
 
 
 def fail_job(settings: Settings, job_id: str, error: str) -> None:
-    """Best effort: mark a job failed (used when a task dies outside `execute_job`)."""
+    """Best effort: mark a job failed, logging (not raising) when even that fails."""
     try:
         with job_session(settings) as session:
-            if jobs.mark_failed(session, job_id, error):
+            if state.mark_failed(session, job_id, error):
                 logger.error("job %s failed: %s", job_id, error)
     except Exception:
         logger.exception("could not mark job %s failed", job_id)
-
-
-def recover_lost_jobs(
-    settings: Settings,
-    enqueue: jobs.Enqueue,
-    *,
-    queues: Sequence[str] | None = None,
-    resend_queued: bool = False,
-) -> tuple[list[str], list[str]]:
-    """Re-queue (or fail) running jobs whose heartbeat expired and send their messages again.
-
-    With ``resend_queued`` (at worker start), also re-send every queued job: its message may have
-    been lost with a broker or worker. A duplicate message is harmless, because only one
-    delivery can claim a queued job.
-    """
-    with job_session(settings) as session:
-        requeued, failed = jobs.recover_jobs(
-            session,
-            lease_s=settings.job_lease_s,
-            max_attempts=settings.job_max_attempts,
-            queues=queues,
-        )
-        to_send = (
-            jobs.queued_job_ids(session, queues)
-            if resend_queued
-            else [(job_id, session.get(jobs.Job, job_id).queue) for job_id in requeued]  # type: ignore[union-attr]
-        )
-    for job_id, queue in to_send:
-        enqueue(job_id, queue)
-    if requeued or failed or to_send:
-        logger.warning(
-            "recovery: re-queued %s, failed %s, sent %d message(s)", requeued, failed, len(to_send)
-        )
-    return requeued, failed

@@ -1,22 +1,22 @@
-"""Celery tasks: thin wrappers that take a job id and call the domain function."""
+"""The Celery task: a thin wrapper that takes a job id and calls the job runner."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from celery import Task
+from celery import Task, shared_task
 from celery.exceptions import TimeLimitExceeded
 
+from service.messaging import RUN_JOB_TASK
 from service.settings import get_settings
-from worker.celery_app import TASK_NAME, app
-from worker.job_state import fail_job
+from worker.sessions import fail_job
 
 logger = logging.getLogger(__name__)
 
 
 class PruningTask(Task):  # type: ignore[misc]
-    """Marks the job failed when the task dies outside the domain code's own handling."""
+    """Marks the job failed when the task dies outside the runner's own handling."""
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -32,9 +32,9 @@ class PruningTask(Task):  # type: ignore[misc]
         fail_job(settings, str(job_id), reason)
 
 
-@app.task(bind=True, base=PruningTask, name=TASK_NAME)
+@shared_task(bind=True, base=PruningTask, name=RUN_JOB_TASK)
 def run_pruning_job(self: Task, job_id: str) -> None:
     # Imported here so the parent process never loads TensorFlow before forking.
-    from worker.pruning_job import execute_job
+    from worker.runner import execute_job
 
     execute_job(job_id, get_settings())

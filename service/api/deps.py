@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies: settings, registry, model cache, metrics and auth."""
+"""Typed FastAPI dependencies: settings, registry, model cache, metrics, broker and auth."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.broker import JobBroker
 from service.errors import Unauthorized
 from service.inference import ModelCache, Predictor
 from service.metrics import ServiceMetrics
@@ -42,11 +43,17 @@ def app_metrics(request: Request) -> ServiceMetrics:
     return metrics
 
 
+def app_broker(request: Request) -> JobBroker:
+    broker: JobBroker = request.app.state.broker
+    return broker
+
+
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 RegistryDep = Annotated[Registry, Depends(app_registry)]
 ModelCacheDep = Annotated[ModelCache, Depends(app_model_cache)]
 MetricsDep = Annotated[ServiceMetrics, Depends(app_metrics)]
 PredictorDep = Annotated[Predictor, Depends(app_predictor)]
+BrokerDep = Annotated[JobBroker, Depends(app_broker)]
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 

@@ -1,13 +1,22 @@
-"""Request and response bodies of the HTTP API, in families per resource."""
+"""Request and response bodies of the HTTP API, in families per resource.
+
+``POST /prune`` takes the domain's own `PruneRequest`, so the API and the worker validate job
+parameters with one class.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from service.datasets import Dataset
+from service.jobs.params import Method, PruneRequest
+from service.jobs.table import Job, JobStatus
 from service.registry import ModelRecord, VersionRecord
+
+__all__ = ["PruneRequest"]
 
 
 class TensorSpec(BaseModel):
@@ -117,6 +126,98 @@ class PredictResponse(BaseModel):
     outputs: Any = Field(
         description="Nested lists (one-output models) or an object keyed by output name."
     )
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    sha256: str
+    size_bytes: int
+    filename: str | None
+    x_shape: list[int]
+    y_shape: list[int]
+    x_dtype: str
+    y_dtype: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Dataset) -> DatasetPublic:
+        return cls(
+            id=row.id,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            filename=row.filename,
+            x_shape=list(row.x_shape),
+            y_shape=list(row.y_shape),
+            x_dtype=row.x_dtype,
+            y_dtype=row.y_dtype,
+            created_at=row.created_at,
+        )
+
+
+class JobResult(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_id: str
+    version: int
+
+
+class JobPublic(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    status: JobStatus
+    model_id: str
+    version: int
+    method: Method
+    params: dict[str, Any]
+    dataset_id: str | None
+    queue: str
+    progress: float
+    step: str
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: JobResult | None
+    report: dict[str, Any] | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobPublic:
+        result = None
+        if job.result_version is not None:
+            result = JobResult(model_id=job.model_id, version=job.result_version)
+        return cls(
+            id=job.id,
+            status=job.status,  # type: ignore[arg-type]
+            model_id=job.model_id,
+            version=job.version,
+            method=job.method,  # type: ignore[arg-type]
+            params=job.params,
+            dataset_id=job.dataset_id,
+            queue=job.queue,
+            progress=job.progress,
+            step=job.step,
+            attempts=job.attempts,
+            cancel_requested=job.cancel_requested,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            result=result,
+            report=job.report,
+            error=job.error,
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
 
 
 class ErrorDetail(BaseModel):

@@ -88,7 +88,7 @@ def _dockerfile_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def api_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    from service.app import create_app
+    from service.api.app import create_app
 
     app = create_app(Settings(data_dir=tmp_path_factory.mktemp("deploy-app")))
     with TestClient(app) as client:

@@ -1,9 +1,7 @@
-"""Fixtures for end-to-end job tests: real Celery worker processes next to a real API server."""
+"""Fixtures for end-to-end job tests: real worker processes next to a real API server."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,10 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support.worker import RunningWorker
-from worker.process import worker_argv
+from tests.support.worker import RunningWorker, launch_worker
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # A Redis database of its own, so these tests never read another suite's keys.
 REDIS_DB = 11
 
@@ -56,30 +52,15 @@ def job_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 def start_worker(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., RunningWorker]]:
-    """Factory: ``start_worker(env, queues=None, wait=True) -> RunningWorker``."""
+    """Factory: ``start_worker(env, queues=None, wait=True) -> RunningWorker``; queues default
+    to the default queue of ``env``."""
     started: list[RunningWorker] = []
 
     def start(
         env: dict[str, str], queues: list[str] | None = None, wait: bool = True
     ) -> RunningWorker:
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith("SPECTRAL_")}
-        child_env.update(
-            {"PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-        )
-        child_env.update(env)
         names = queues or [env["SPECTRAL_DEFAULT_QUEUE"]]
-        log_path = tmp_path / f"worker-{len(started)}.log"
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
-                + worker_argv(names, concurrency=1),
-                cwd=REPO_ROOT,
-                env=child_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        worker = RunningWorker(process, log_path)
+        worker = launch_worker(env, tmp_path / f"worker-{len(started)}.log", names)
         started.append(worker)
         if wait:
             worker.wait_ready()

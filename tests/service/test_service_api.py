@@ -36,11 +36,6 @@ def client(api: RunningApi) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def model_bytes(digits_model_path: Path) -> bytes:
-    return digits_model_path.read_bytes()
-
-
-@pytest.fixture(scope="module")
 def local_model(digits_model_path: Path) -> Any:
     import keras
 

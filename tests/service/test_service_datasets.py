@@ -10,6 +10,7 @@ import pytest
 
 from service import datasets
 from service.db import Database
+from service.errors import DatasetNotFound, DatasetRejected
 from service.settings import Settings
 
 
@@ -42,7 +43,7 @@ def test_reads_x_and_y() -> None:
     ],
 )
 def test_rejects_bad_uploads(data: bytes, message: str) -> None:
-    with pytest.raises(datasets.DatasetRejected, match=message):
+    with pytest.raises(DatasetRejected, match=message):
         datasets.read_arrays(data)
 
 
@@ -61,14 +62,14 @@ def test_store_once_per_content(db: Database, job_settings: Settings) -> None:
         assert datasets.get_dataset(session, first.id).sha256 == first.sha256
         x, y = datasets.load_dataset(session, store, first.id)
         np.testing.assert_array_equal(y, np.arange(5))
-        with pytest.raises(datasets.DatasetNotFound):
+        with pytest.raises(DatasetNotFound):
             datasets.get_dataset(session, "ds_missing")
 
 
 def test_dataset_routes(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     settings = Settings(data_dir=tmp_path, max_dataset_mb=0.01)  # about 10 KiB
     small = _npz(x=np.ones((20, 4), dtype="float32"), y=np.arange(20))

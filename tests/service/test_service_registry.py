@@ -48,11 +48,6 @@ def _empty(registry: Registry) -> None:
         session.query(ModelRow).delete()
 
 
-@pytest.fixture(scope="module")
-def model_bytes(digits_model_path: Path) -> bytes:
-    return digits_model_path.read_bytes()
-
-
 def _counts(registry: Registry) -> tuple[int, int]:
     with registry.database.session() as session:
         models = session.scalar(select(func.count()).select_from(ModelRow))

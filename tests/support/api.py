@@ -1,7 +1,4 @@
-"""Runs the real API in a uvicorn subprocess for tests (used by tests/conftest.py and tests).
-
-Kept out of conftest.py so test modules can import it: several directories have a conftest.
-"""
+"""Runs the real API for tests: ``spectral api`` (the project's own launcher) in a subprocess."""
 
 from __future__ import annotations
 
@@ -24,6 +21,23 @@ def find_free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a server or worker child: this checkout first on the path, the
+    calling shell's ``SPECTRAL_*`` variables dropped, then ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SPECTRAL_")}
+    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    base.update(
+        {
+            "PYTHONPATH": os.pathsep.join(paths),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONUNBUFFERED": "1",
+            "SPECTRAL_LOG_LEVEL": "WARNING",
+            "COLUMNS": "200",
+        }
+    )
+    return {**base, **(env or {})}
+
+
 class RunningApi(str):
     """The base URL of a running API server, carrying its process, data dir and log file."""
 
@@ -37,47 +51,26 @@ class RunningApi(str):
 
 
 def launch_api(env: dict[str, str] | None, work_dir: Path) -> RunningApi:
-    """Starts ``uvicorn service.app:create_app --factory`` on a free port; waits for /healthz.
+    """Starts ``spectral api`` on a free port and waits for /healthz.
 
-    ``env`` overrides the environment (``SPECTRAL_*`` variables of the calling shell are dropped
-    first); the data dir defaults to ``work_dir/data``. The log goes to ``work_dir/api.log``.
+    ``env`` overrides the environment; the data dir defaults to ``work_dir/data``. The log goes
+    to ``work_dir/api.log``.
     """
     port = find_free_port()
-    data_dir = work_dir / "data"
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("SPECTRAL_")}
-    child_env.update(
-        {
-            "SPECTRAL_DATA_DIR": str(data_dir),
-            "PYTHONPATH": str(REPO_ROOT),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    child_env.update(env or {})
-    data_dir = Path(child_env["SPECTRAL_DATA_DIR"])
+    environment = child_env({"SPECTRAL_DATA_DIR": str(work_dir / "data"), **(env or {})})
     log_path = work_dir / "api.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "service.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            [sys.executable, "-m", "service.cli", "api", "--host", "127.0.0.1"]
+            + ["--port", str(port)],
             cwd=REPO_ROOT,
-            env=child_env,
+            env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     api = RunningApi(f"http://127.0.0.1:{port}")
-    api.process, api.data_dir, api.log_path, api.env = process, data_dir, log_path, child_env
+    api.process, api.log_path, api.env = process, log_path, environment
+    api.data_dir = Path(environment["SPECTRAL_DATA_DIR"])
     deadline = time.monotonic() + API_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

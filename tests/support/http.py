@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+
+from tests.support.digits import npz_bytes
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -23,12 +24,6 @@ def upload_model(api: str, name: str, path: Path) -> dict[str, Any]:
         )
     assert response.status_code == 201, response.text
     return dict(response.json())
-
-
-def npz_bytes(x: np.ndarray, y: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, x=x, y=y)
-    return buffer.getvalue()
 
 
 def upload_dataset(api: str, x: np.ndarray, y: np.ndarray) -> str:

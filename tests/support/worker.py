@@ -1,4 +1,5 @@
-"""A real ``celery worker`` process group, as the end-to-end tests start and kill it."""
+"""Real worker process groups, started with the project's own launcher (``python -m worker``),
+as the end-to-end tests start and kill them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from service.cli import worker_command
+from tests.support.api import REPO_ROOT, child_env
 
 WORKER_READY_TIMEOUT_S = 120.0
 
@@ -51,3 +56,20 @@ class RunningWorker:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def launch_worker(
+    env: dict[str, str], log_path: Path, queues: Sequence[str] | None = None
+) -> RunningWorker:
+    """Starts a one-process worker for the ``SPECTRAL_*`` settings in ``env`` (on ``queues``,
+    default the settings' own), in its own process group, logging to ``log_path``."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            worker_command(queues, concurrency=1),
+            cwd=REPO_ROOT,
+            env=child_env(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return RunningWorker(process, log_path)

@@ -1,1 +1,1 @@
-"""HTTP routes, one module per resource."""
+"""HTTP routes, one module per resource, each with its ``router``."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, status
 
-from service.deps import RegistryDep, require_write
-from service.schemas import AliasPublic, AliasUpdate
+from service.api.deps import RegistryDep, require_write
+from service.api.schemas import AliasPublic, AliasUpdate
 
 router = APIRouter(prefix="/models", tags=["aliases"], dependencies=[Depends(require_write)])
 

@@ -5,40 +5,28 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, File, Response, UploadFile
 
 from service import datasets
-from service.deps import RegistryDep, SettingsDep, require_read, require_write
-from service.errors import PayloadTooLarge
+from service.api.deps import RegistryDep, SettingsDep, require_read, require_write
+from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_upload
+from service.api.schemas import DatasetPublic
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
-
-_CHUNK = 1 << 20
-
-
-async def _read_limited(upload: UploadFile, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await upload.read(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"Dataset is larger than the {limit / 2**20:g} MiB limit (max_dataset_mb)"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+router = APIRouter(
+    prefix="/datasets",
+    tags=["datasets"],
+    route_class=body_limit("max_dataset_bytes", overhead=MULTIPART_OVERHEAD),
+)
 
 
 @router.post(
-    "",
-    status_code=201,
-    response_model=datasets.DatasetPublic,
-    dependencies=[Depends(require_write)],
+    "", status_code=201, response_model=DatasetPublic, dependencies=[Depends(require_write)]
 )
-async def upload_dataset(
+def upload_dataset(
     registry: RegistryDep,
     settings: SettingsDep,
     response: Response,
     file: UploadFile = File(description=".npz archive with arrays x and y"),
-) -> datasets.DatasetPublic:
-    data = await _read_limited(file, settings.max_dataset_bytes)
+) -> DatasetPublic:
+    """Stores the dataset (201), or answers 200 with the existing one for the same bytes."""
+    data = read_upload(file, settings.max_dataset_bytes)
     with registry.database.session() as session:
         dataset, created = datasets.create_dataset(
             session,
@@ -50,14 +38,10 @@ async def upload_dataset(
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/datasets/{dataset.id}"
-    return dataset
+    return DatasetPublic.from_row(dataset)
 
 
-@router.get(
-    "/{dataset_id}",
-    response_model=datasets.DatasetPublic,
-    dependencies=[Depends(require_read)],
-)
-def read_dataset(dataset_id: str, registry: RegistryDep) -> datasets.DatasetPublic:
+@router.get("/{dataset_id}", response_model=DatasetPublic, dependencies=[Depends(require_read)])
+def read_dataset(dataset_id: str, registry: RegistryDep) -> DatasetPublic:
     with registry.database.session() as session:
-        return datasets.get_dataset(session, dataset_id)
+        return DatasetPublic.from_row(datasets.get_dataset(session, dataset_id))

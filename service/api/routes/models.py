@@ -8,14 +8,19 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 from fastapi.responses import JSONResponse, Response
 
-from service.deps import RegistryDep, SettingsDep, require_read, require_write
-from service.errors import PayloadTooLarge, ReportNotFound, UnsupportedMediaType
-from service.schemas import ModelPublic, ModelsPublic, VersionPublic, VersionsPublic
+from service.api.deps import RegistryDep, SettingsDep, require_read, require_write
+from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_upload
+from service.api.schemas import ModelPublic, ModelsPublic, VersionPublic, VersionsPublic
+from service.errors import ReportNotFound, UnsupportedMediaType
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(
+    prefix="/models",
+    tags=["models"],
+    route_class=body_limit("max_upload_bytes", overhead=MULTIPART_OVERHEAD),
+)
 
 ReadAuth = [Depends(require_read)]
 WriteAuth = [Depends(require_write)]
@@ -28,14 +33,7 @@ def _upload_bytes(file: UploadFile, settings: Settings) -> bytes:
             f"Expected a .keras file, got {file.filename!r}",
             details={"filename": file.filename},
         )
-    limit = settings.max_upload_bytes
-    data = file.file.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLarge(
-            f"Upload exceeds the limit of {settings.max_upload_mb:g} MiB",
-            details={"limit_bytes": limit},
-        )
-    return data
+    return read_upload(file, settings.max_upload_bytes)
 
 
 @router.post(

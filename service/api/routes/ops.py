@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import MetricsDep, require_read
+from service.api.deps import MetricsDep, require_read
 
 logger = logging.getLogger(__name__)
 

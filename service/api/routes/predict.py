@@ -11,22 +11,23 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from service.deps import PredictorDep, RegistryDep, require_read
-from service.errors import InvalidInput
-from service.schemas import PredictRequest, PredictResponse
+from service.api.deps import PredictorDep, RegistryDep, require_read
+from service.api.limits import body_limit
+from service.api.schemas import PredictRequest, PredictResponse
+from service.errors import InvalidJSON
 
-router = APIRouter(prefix="/models", tags=["predict"], dependencies=[Depends(require_read)])
+router = APIRouter(
+    prefix="/models",
+    tags=["predict"],
+    dependencies=[Depends(require_read)],
+    route_class=body_limit("max_request_bytes"),
+)
 
 DEFAULT_ALIAS = "production"
 
 InputsQuery = Annotated[
     str, Query(description="URL-encoded JSON of the inputs, e.g. [[0.0, 1.0, ...]]")
 ]
-
-
-class InvalidJSON(InvalidInput):
-    status_code = 400
-    code = "invalid_json"
 
 
 def _parse_query(inputs: str) -> Any:

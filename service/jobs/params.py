@@ -1,0 +1,149 @@
+"""Typed job parameters: `PruneParams` (how to prune) and `PruneRequest` (which model, how).
+
+The API validates a request once with these classes; the job row stores
+`PruneParams.recorded()`, and the worker reads it back into the same class. So every default is
+written here and only here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.errors import CompileConfigMissing
+from service.model_loading import COMPILE_KEYS
+
+Method = Literal["percentile", "metric", "pretrain"]
+Scope = Literal["global", "layer"]
+
+_COMPILE_EXAMPLE = (
+    '{"optimizer": "adam", "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}'
+)
+
+
+class PruneParams(BaseModel):
+    """The method of a pruning job and its parameters."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    method: Method = Field(default="percentile", description="percentile | metric | pretrain.")
+    percentile: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Remove nodes whose |eigenvalue| is below this percentile. Required for "
+        "method=percentile; for pretrain, omit it to search by metric.",
+    )
+    compare_metric: str = Field(default="accuracy", description="Metric the search keeps.")
+    higher_is_better: bool | None = Field(
+        default=None,
+        description="Direction of compare_metric; default inferred from its name (loss, "
+        "errors, crossentropies, false positives/negatives are lower-is-better).",
+    )
+    max_delta_percent: float = Field(
+        default=10.0, ge=0, le=100, description="Allowed relative metric loss, in percent."
+    )
+    percentile_step: float = Field(
+        default=5.0, gt=0, le=100, description="Step of the metric-based search."
+    )
+    epochs: int = Field(default=5, ge=1, le=10_000, description="Eigenvalue pretraining epochs.")
+    fine_tune_epochs: int | None = Field(
+        default=None, ge=1, le=10_000, description="Fine-tune epochs; default `epochs`."
+    )
+    eigenvalues_only: bool = Field(
+        default=False,
+        description="pretrain: train only the eigenvalues in phase 1 (biases and non-Spectral "
+        "layers frozen too); default freezes only the Spectral bases.",
+    )
+    batch_size: int = Field(default=32, ge=1, le=65_536, description="Batch size.")
+    scope: Scope | None = Field(
+        default=None,
+        description='Percentile scope: one cutoff over all layers ("global") or one per layer '
+        '("layer"). Default: "layer" for pretrain, "global" otherwise.',
+    )
+    min_units: int = Field(default=1, ge=1, description="Fewest nodes a layer keeps.")
+    dataset_id: str | None = Field(
+        default=None,
+        description="Dataset from POST /datasets: required for metric and pretrain; for "
+        "percentile it adds the metric before/after.",
+    )
+    compile: dict[str, Any] | None = Field(
+        default=None,
+        description="model.compile keyword arguments; default the artifact's own compile config.",
+    )
+
+    @model_validator(mode="after")
+    def _check_method(self) -> PruneParams:
+        if self.method == "percentile" and self.percentile is None:
+            raise ValueError("method=percentile needs a percentile between 0 and 100")
+        if self.method in ("metric", "pretrain") and self.dataset_id is None:
+            raise ValueError(f"method={self.method} needs a dataset_id (upload via POST /datasets)")
+        if self.scope is None:
+            self.scope = "layer" if self.method == "pretrain" else "global"
+        if self.compile is not None:
+            unknown = sorted(set(self.compile) - COMPILE_KEYS)
+            if unknown:
+                raise ValueError(
+                    f"compile accepts only {sorted(COMPILE_KEYS)}. Received keys: {unknown}"
+                )
+        return self
+
+    @property
+    def searches(self) -> bool:
+        """Whether the job searches the percentile by metric instead of being given one."""
+        return self.method == "metric" or self.percentile is None
+
+    def recorded(self) -> dict[str, Any]:
+        """The parameters this method uses, as stored in the job and the new version's lineage."""
+        unused: set[str] = set()
+        if not self.searches:
+            unused |= {"max_delta_percent", "percentile_step"}
+        if self.method != "pretrain":
+            unused |= {"epochs", "fine_tune_epochs", "eigenvalues_only"}
+        if self.dataset_id is None:
+            unused |= {"compare_metric", "higher_is_better"}
+        return self.model_dump(exclude=unused, exclude_none=True)
+
+    def compile_for(self, saved: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
+        """The ``model.compile`` kwargs the job uses: ``compile``, else the version's own.
+
+        Args:
+            saved: The compile config recorded for the model version (None when uncompiled).
+            what: The model version, as error messages name it.
+
+        Raises:
+            CompileConfigMissing: a dataset must be evaluated and nothing says how to compile.
+        """
+        config = self.compile or saved
+        if config is None and self.dataset_id is not None:
+            raise CompileConfigMissing(
+                f"{what} was saved without a compile config, so the dataset cannot be "
+                f"evaluated: pass `compile`, e.g. {_COMPILE_EXAMPLE}"
+            )
+        return config
+
+
+class PruneRequest(PruneParams):
+    """Body of ``POST /prune``: the model version to prune, and how."""
+
+    model_id: str = Field(min_length=1, description="Model to prune.")
+    version: int | None = Field(default=None, ge=1, description="Version; default the latest.")
+    alias: str | None = Field(default=None, description="Alias to resolve instead of a version.")
+
+    @model_validator(mode="after")
+    def _check_target(self) -> PruneRequest:
+        if self.version is not None and self.alias is not None:
+            raise ValueError("give either version or alias, not both")
+        return self
+
+    def params(self) -> PruneParams:
+        """The pruning parameters, without the model reference."""
+        return PruneParams.model_validate(self.model_dump(exclude={"model_id", "version", "alias"}))
+
+    def fingerprint(self) -> str:
+        """Stable hash of the request, to tell a retried request from a different one."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
