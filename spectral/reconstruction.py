@@ -22,7 +22,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from spectral.graph import is_graph_model, iter_layers
+from spectral.graph import iter_layers
+from spectral.keras_graph import Call, calls, graph_of, is_graph_model
 from spectral.layer import Spectral, to_numpy
 from spectral.search import Progress, notify
 
@@ -99,21 +100,6 @@ class _Skip(Exception):
 # -- reaching a layer's input -------------------------------------------------------------------
 
 
-def _call_inputs(operation: Any) -> Any:
-    # `Operation.input` is the public property for "the tensors of the first call". Functional
-    # overrides `input` to mean its own Input tensors, so the base property is read explicitly
-    # to get where a nested model is called inside its parent.
-    return keras.Operation.input.fget(operation)  # type: ignore[attr-defined]
-
-
-def _call_counts(model: keras.Model) -> dict[str, int]:
-    """How many times each layer of a graph model is called in that model's own graph."""
-    if isinstance(model, keras.Sequential):
-        return {layer.name: 1 for layer in model.layers}
-    config = model.get_config()
-    return {entry["name"]: len(entry.get("inbound_nodes", [])) for entry in config["layers"]}
-
-
 def _model_inputs(model: keras.Model) -> Any:
     """The model's inputs in the structure its callers pass them (single tensor, list, dict)."""
     if isinstance(model, keras.Sequential):
@@ -133,12 +119,15 @@ class _Reach:
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
-        self._counts: dict[int, dict[str, int]] = {}
+        self._calls: dict[int, dict[int, list[Call]]] = {}
 
-    def _count(self, parent: keras.Model, layer: Any) -> int:
-        if id(parent) not in self._counts:
-            self._counts[id(parent)] = _call_counts(parent)
-        return self._counts[id(parent)].get(layer.name, 1)
+    def _calls_in(self, parent: keras.Model) -> dict[int, list[Call]]:
+        if id(parent) not in self._calls:
+            by_layer: dict[int, list[Call]] = {}
+            for call in calls(graph_of(parent)):
+                by_layer.setdefault(id(call.layer), []).append(call)
+            self._calls[id(parent)] = by_layer
+        return self._calls[id(parent)]
 
     def stages(self, path: str) -> list[keras.Model]:
         names = path.split("/")
@@ -146,16 +135,21 @@ class _Reach:
         stages: list[keras.Model] = []
         for depth, name in enumerate(names):
             layer = parent.get_layer(name)
-            calls = self._count(parent, layer)
-            if calls != 1:
+            found = self._calls_in(parent).get(id(layer), [])
+            if len(found) != 1:
                 what = "nested model" if depth < len(names) - 1 else "layer"
-                raise _Skip(f"{what} '{name}' is shared ({calls} calls): one fit cannot serve all")
+                raise _Skip(
+                    f"{what} '{name}' is called {len(found)} times: one fit cannot serve all"
+                )
+            tensors = found[0].inputs
             try:
-                stages.append(
-                    keras.Model(inputs=_model_inputs(parent), outputs=_call_inputs(layer))
+                stage = keras.Model(
+                    inputs=_model_inputs(parent),
+                    outputs=tensors[0] if len(tensors) == 1 else tensors,
                 )
             except (ValueError, AttributeError) as exc:
                 raise _Skip(f"input of '{name}' cannot be reached from its model ({exc})") from exc
+            stages.append(stage)
             if depth < len(names) - 1:
                 if not is_graph_model(layer):
                     raise _Skip(f"'{name}' is not a Sequential or Functional model")
@@ -174,14 +168,16 @@ def _run(stages: list[keras.Model], chunk: Any) -> np.ndarray:
     return out.reshape(-1, out.shape[-1])
 
 
-def _rows(x: Any) -> int:
+def count_rows(x: Any) -> int:
+    """Rows of calibration data: an array, or a list/dict of arrays with the same rows."""
     leaves = keras.tree.flatten(x)
     if not leaves:
         raise ValueError("Calibration data `x` is empty. Received: x with no arrays")
     return int(np.shape(leaves[0])[0])
 
 
-def _chunk(x: Any, start: int, stop: int) -> Any:
+def slice_rows(x: Any, start: int, stop: int) -> Any:
+    """Rows `start:stop` of every array in `x`."""
     return keras.tree.map_structure(lambda a: a[start:stop], x)
 
 
@@ -439,7 +435,7 @@ def _refit(
     width = _input_width(consumer.pruned) + (1 if consumer.has_bias else 0)
     normal = _Normal.empty(width, consumer.kept_out.size)
     for start in range(0, rows, chunk_size):
-        chunk = _chunk(x, start, min(start + chunk_size, rows))
+        chunk = slice_rows(x, start, min(start + chunk_size, rows))
         inputs = consumer.augmented(_run(pruned_stages, chunk))
         normal.add(inputs, consumer.targets(_run(original_stages, chunk)))
     before = consumer.error(normal, consumer.current())
@@ -533,7 +529,7 @@ def reconstruct(
     """
     _check(method, ridge, chunk_size)
     started = time.perf_counter()
-    rows = _rows(x)
+    rows = count_rows(x)
     if rows == 0:
         raise ValueError("Calibration data `x` has no rows. Received: x with 0 rows")
     result = ReconstructionResult(method=method, rows=rows)
