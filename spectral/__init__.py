@@ -6,8 +6,21 @@ from spectral.pipeline import eigenvalue_pretraining
 from spectral.plots import plot_eigenvalues, plot_metric_curve, plot_report
 from spectral.pruning import metric_based_pruning, prune, prune_percentile
 from spectral.report import PruningReport, PruningResult
+from spectral.rules import (
+    ConsumerRule,
+    DenseRule,
+    FeatureWiseRule,
+    LinearRule,
+    PassThroughRule,
+    register_consumer_rule,
+)
 
 __all__ = [
+    "ConsumerRule",
+    "DenseRule",
+    "FeatureWiseRule",
+    "LinearRule",
+    "PassThroughRule",
     "PruningReport",
     "PruningResult",
     "Spectral",
@@ -18,5 +31,6 @@ __all__ = [
     "plot_report",
     "prune",
     "prune_percentile",
+    "register_consumer_rule",
     "spectral_layers",
 ]

@@ -2,119 +2,31 @@
 
 The planner runs an abstract interpretation over a model's layer graph (nested models included):
 each tensor carries a `Features` value saying which of its last-axis features survive and what
-constant the removed ones hold. Layers that cannot be sliced safely turn the Spectral layers that
+constant the removed ones hold. What each layer does with them is its `ConsumerRule`'s business
+(`spectral.rules`). Layers without a rule that supports the call turn the Spectral layers that
 feed them into *conflicts*; the caller masks those instead of slicing them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import keras
 import numpy as np
 
+from spectral.keras_graph import Call, calls, graph_of, is_graph_model
 from spectral.layer import Spectral
+from spectral.plan import UNTOUCHED, Features, LayerPlan, Plan, union_sources
+from spectral.rules import LayerCall, rule_for
 
-# Activations applied feature by feature: a removed node of such a layer outputs act(0).
-ELEMENTWISE_ACTIVATIONS = frozenset(
-    {
-        "linear",
-        "relu",
-        "relu6",
-        "sigmoid",
-        "tanh",
-        "elu",
-        "selu",
-        "softplus",
-        "softsign",
-        "silu",
-        "swish",
-        "gelu",
-        "exponential",
-        "hard_sigmoid",
-        "hard_silu",
-        "hard_swish",
-        "leaky_relu",
-        "mish",
-        "log_sigmoid",
-        "celu",
-        "sparse_plus",
-        "squareplus",
-        "tanh_shrink",
-        "hard_tanh",
-        "soft_shrink",
-        "hard_shrink",
-        "sparse_sigmoid",
-    }
-)
-
-# Exact types only: a subclass may do something across features, so it falls back to masking.
-_PASS_THROUGH = (
-    keras.layers.Dropout,
-    keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout,
-    keras.layers.AlphaDropout,
-    keras.layers.ActivityRegularization,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Identity,
-)
-_ELEMENTWISE_MERGES = (
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Multiply,
-    keras.layers.Average,
-    keras.layers.Maximum,
-    keras.layers.Minimum,
-)
-
-
-def activation_name(activation: Any) -> str | None:
-    """Returns the registered name of an activation function, or `None` if it has none."""
-    try:
-        name = keras.activations.serialize(activation)
-    except (ValueError, TypeError, OSError):
-        # Keras cannot serialize some callables (a lambda whose source is unavailable).
-        return None
-    return name if isinstance(name, str) else None
-
-
-def is_elementwise_activation(activation: Any) -> bool:
-    """Whether `activation` acts on each feature independently."""
-    return activation_name(activation) in ELEMENTWISE_ACTIVATIONS
-
-
-def graph_of(model: keras.Model) -> Any:
-    """Returns the functional graph behind a Functional or Sequential model.
-
-    Raises:
-        ValueError: If the model is subclassed or an unbuilt Sequential.
-    """
-    if isinstance(model, keras.Sequential):
-        # A built Sequential keeps an equivalent Functional over the same layer objects.
-        functional = getattr(model, "_functional", None)
-        if functional is None:
-            raise ValueError(
-                "The Sequential model must be built (give it an `Input` or call `build`). "
-                f"Received: model={model.name}"
-            )
-        return functional
-    if hasattr(model, "_nodes_by_depth") and hasattr(model, "inputs"):
-        return model
-    raise ValueError(
-        "Pruning needs a Sequential or Functional model; subclassed models have no layer "
-        f"graph to rewrite. Received: model={model.name} ({type(model).__name__})"
-    )
-
-
-def is_graph_model(layer: Any) -> bool:
-    """Whether `layer` is a Sequential or Functional model the planner can walk into."""
-    if isinstance(layer, keras.Sequential):
-        return True
-    return isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth")
+__all__ = [
+    "Planner",
+    "graph_of",
+    "is_graph_model",
+    "iter_layers",
+    "spectral_layers",
+]
 
 
 def iter_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
@@ -135,77 +47,16 @@ def iter_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, ker
 
 
 def spectral_layers(model: keras.Model) -> list[tuple[str, Spectral]]:
-    """Returns `(path, layer)` for each Spectral layer of `model`, nested models included."""
-    return [(p, layer) for p, layer in iter_layers(model) if isinstance(layer, Spectral)]
+    """Returns `(path, layer)` for each Spectral layer of `model`, nested models included.
 
+    Paths join the names of enclosing nested models with `/`, e.g. `"encoder/spectral_1"`.
 
-@dataclass(frozen=True)
-class Features:
-    """What the planner knows about one tensor's last axis.
+    Example:
 
-    Args:
-        kept: Indices of the original features that survive, or `None` when nothing was removed.
-        const: Full-length vector; at removed positions, the constant the masked model outputs.
-        sources: Ids of the Spectral layers whose pruning this tensor carries.
+    >>> [(path, layer.units) for path, layer in spectral.spectral_layers(model)]
+    [('spectral', 256), ('spectral_1', 128)]
     """
-
-    kept: np.ndarray | None = None
-    const: np.ndarray | None = None
-    sources: frozenset[int] = frozenset()
-
-    @property
-    def pruned(self) -> bool:
-        return self.kept is not None
-
-    def same_as(self, other: Features, *, with_const: bool = False) -> bool:
-        """Whether both carry the same kept set (and, optionally, the same removed constants)."""
-        if self.kept is None or other.kept is None:
-            return self.kept is None and other.kept is None
-        if not np.array_equal(self.kept, other.kept):
-            return False
-        if not with_const or self.const is None or other.const is None:
-            return not with_const or self.const is other.const
-        return bool(np.array_equal(self.const, other.const))
-
-
-UNTOUCHED = Features()
-
-
-@dataclass
-class LayerPlan:
-    """How one layer changes: its input features, and (Spectral) which output nodes it keeps."""
-
-    inputs: list[Features]
-    keep: np.ndarray | None = None
-    mask: np.ndarray | None = None
-
-
-@dataclass
-class Plan:
-    """Result of one planner run."""
-
-    layers: dict[int, LayerPlan] = field(default_factory=dict)
-    conflicts: dict[int, str] = field(default_factory=dict)
-    output_sources: frozenset[int] = frozenset()
-
-
-def _union(features: list[Features]) -> frozenset[int]:
-    return frozenset().union(*(f.sources for f in features))
-
-
-def _apply_numpy(layer: Any, values: Any) -> np.ndarray:
-    out = layer(values, training=False)
-    return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)
-
-
-def _const_input(const: np.ndarray, rank: int) -> np.ndarray:
-    return const.reshape((1,) * (rank - 1) + (-1,)).astype(np.float32)
-
-
-def spectral_rest_value(layer: Spectral) -> np.ndarray:
-    """What each node of `layer` outputs once its weights, eigenvalue and bias are zeroed."""
-    zeros = np.zeros((1, layer.units), dtype=np.float32)
-    return np.asarray(keras.ops.convert_to_numpy(layer.activation(zeros)), dtype=np.float64)[0]
+    return [(p, layer) for p, layer in iter_layers(model) if isinstance(layer, Spectral)]
 
 
 class Planner:
@@ -244,18 +95,13 @@ class Planner:
             self.plan.conflicts.setdefault(source, reason)
 
     def _walk(self, graph: Any, inputs: list[Features]) -> list[Features]:
-        # Same traversal order as Keras's own Function._run_through_graph.
         values: dict[int, Features] = {id(x): f for x, f in zip(graph.inputs, inputs, strict=True)}
-        for depth in sorted(graph._nodes_by_depth, reverse=True):
-            for node in graph._nodes_by_depth[depth]:
-                if not node.operation or node.is_input:
-                    continue
-                if any(id(x) not in values for x in node.input_tensors):
-                    continue
-                ins = [values[id(x)] for x in node.input_tensors]
-                outs = self._visit(node, ins)
-                for x, feat in zip(node.outputs, outs, strict=False):
-                    values[id(x)] = feat
+        for call in calls(graph):
+            if any(id(x) not in values for x in call.inputs):
+                continue
+            outs = self._visit(call, [values[id(x)] for x in call.inputs])
+            for x, feat in zip(call.outputs, outs, strict=False):
+                values[id(x)] = feat
         return [values.get(id(x), UNTOUCHED) for x in graph.outputs]
 
     def _record(self, layer: Any, plan: LayerPlan, ins: list[Features]) -> bool:
@@ -273,98 +119,40 @@ class Planner:
         self.plan.layers[id(layer)] = plan
         return True
 
-    def _visit(self, node: Any, ins: list[Features]) -> list[Features]:
-        layer = node.operation
-        n_out = len(node.outputs)
+    def _visit(self, call: Call, ins: list[Features]) -> list[Features]:
+        layer = call.layer
+        n_out = len(call.outputs)
         if is_graph_model(layer):
-            self._record(layer, LayerPlan(inputs=ins), ins)
+            self._record(layer, LayerPlan(inputs=ins, layer=layer), ins)
             return self._walk(graph_of(layer), ins)
-        if isinstance(layer, Spectral):
-            return [self._visit_spectral(layer, ins)]
-        pruned_in = [f for f in ins if f.pruned]
-        rank = len(node.input_tensors[0].shape)
-        handler = self._handler(layer, ins, rank)
-        if not pruned_in:
-            self._record(layer, LayerPlan(inputs=ins), ins)
-            if handler is None or handler == self._visit_consumer:
+        plan = LayerPlan(
+            inputs=ins,
+            keep=self.keep.get(id(layer)),
+            mask=self.mask.get(id(layer)),
+            layer=layer,
+            rule=rule_for(layer),
+        )
+        shapes = [tuple(x.shape) for x in call.inputs]
+        layer_call = LayerCall(layer, ins, shapes, plan, self._conflict)
+        if plan.rule is not None and not plan.rule.supports(layer_call):
+            plan.rule = None
+        rule = plan.rule
+        if rule is not None and rule.absorbs:
+            # The removal ends here (in the layer's weights); a Spectral layer may start a new one.
+            self._record(layer, plan, ins)
+            return [rule.propagate(layer_call)] * n_out
+        if not any(f.pruned for f in ins):
+            self._record(layer, plan, ins)
+            if rule is None:
                 return [UNTOUCHED] * n_out
             # Nothing removed here, but remember whose nodes these features are, so that a
             # Spectral layer reaching a model output through pass-through layers is found.
-            return [Features(sources=_union(ins))] * n_out
-        if handler is None:
-            for feat in pruned_in:
-                self._conflict(feat, f"consumer '{layer.name}' ({type(layer).__name__})")
-            return [UNTOUCHED] * n_out
-        if not self._record(layer, LayerPlan(inputs=ins), ins):
-            return [UNTOUCHED] * n_out
-        return [handler(layer, node, ins, rank)]
-
-    def _handler(
-        self, layer: Any, ins: list[Features], rank: int
-    ) -> Callable[..., Features] | None:
-        """The rule for a layer that receives pruned features, or None if it is unsafe."""
-        if type(layer) is keras.layers.Dense and len(ins) == 1:
-            return self._visit_consumer
-        if type(layer) in _PASS_THROUGH and len(ins) == 1:
-            return self._visit_elementwise
-        if (
-            type(layer) is keras.layers.Activation
-            and len(ins) == 1
-            and is_elementwise_activation(layer.activation)
-        ):
-            return self._visit_elementwise
-        if (
-            type(layer) is keras.layers.BatchNormalization
-            and len(ins) == 1
-            and layer.axis in (-1, rank - 1)
-        ):
-            return self._visit_elementwise
-        if type(layer) in _ELEMENTWISE_MERGES:
-            return self._visit_merge
-        if type(layer) is keras.layers.Concatenate and layer.axis in (-1, rank - 1):
-            return self._visit_concat
-        return None
-
-    def _visit_spectral(self, layer: Spectral, ins: list[Features]) -> Features:
-        keep = self.keep.get(id(layer))
-        plan = LayerPlan(inputs=ins, keep=keep, mask=self.mask.get(id(layer)))
-        self._record(layer, plan, ins)
-        if keep is None:
-            return UNTOUCHED
-        return Features(kept=keep, const=spectral_rest_value(layer), sources=frozenset({id(layer)}))
-
-    def _visit_consumer(self, layer: Any, node: Any, ins: list[Features], rank: int) -> Features:
-        return UNTOUCHED
-
-    def _visit_elementwise(self, layer: Any, node: Any, ins: list[Features], rank: int) -> Features:
-        feat = ins[0]
-        assert feat.const is not None
-        const = _apply_numpy(layer, _const_input(feat.const, rank)).reshape(-1)
-        return Features(kept=feat.kept, const=const, sources=feat.sources)
-
-    def _visit_merge(self, layer: Any, node: Any, ins: list[Features], rank: int) -> Features:
-        first = ins[0]
-        if not all(first.same_as(f) for f in ins[1:]):
+            return [Features(sources=union_sources(ins))] * n_out
+        if rule is None:
             for feat in ins:
-                self._conflict(feat, f"merge '{layer.name}' joins different node sets")
-            return Features(sources=_union(ins))
-        consts = [_const_input(f.const, rank) for f in ins if f.const is not None]
-        const = _apply_numpy(layer, consts).reshape(-1)
-        return Features(kept=first.kept, const=const, sources=_union(ins))
-
-    def _visit_concat(self, layer: Any, node: Any, ins: list[Features], rank: int) -> Features:
-        kept_parts, const_parts = [], []
-        offset = 0
-        for feat, tensor in zip(ins, node.input_tensors, strict=True):
-            dim = int(tensor.shape[-1])
-            if feat.pruned:
-                assert feat.kept is not None and feat.const is not None
-                kept_parts.append(feat.kept + offset)
-                const_parts.append(feat.const)
-            else:
-                kept_parts.append(np.arange(dim) + offset)
-                const_parts.append(np.zeros(dim))
-            offset += dim
-        return Features(
-            kept=np.concatenate(kept_parts), const=np.concatenate(const_parts), sources=_union(ins)
-        )
+                if feat.pruned:
+                    self._conflict(feat, f"consumer '{layer.name}' ({type(layer).__name__})")
+            return [UNTOUCHED] * n_out
+        if not self._record(layer, plan, ins):
+            return [UNTOUCHED] * n_out
+        return [rule.propagate(layer_call)]

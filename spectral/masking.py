@@ -13,10 +13,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from spectral.compaction import copy_model, mask_nodes
+from spectral.compaction import copy_model
 from spectral.evaluation import evaluate
 from spectral.graph import spectral_layers
 from spectral.layer import to_numpy
+from spectral.rules import mask_nodes
 
 
 class MaskedCopy:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from spectral.graph import Planner, is_elementwise_activation, spectral_layers
+from spectral.activations import is_elementwise_activation
+from spectral.graph import Planner, spectral_layers
 from spectral.layer import Spectral
 
 logger = logging.getLogger(__name__)

@@ -1,25 +1,20 @@
-"""Fixtures for the spectral library tests: digits data, a trained model, a random generator."""
+"""Fixtures for the spectral library tests: the digits split, a trained model, an rng."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from spectral import Spectral
+from tests.support.digits import digits_split
 from tests.support.spectral import COMPILE
 
 
 @pytest.fixture(scope="session")
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    data = load_digits()
-    x = (data.data / 16.0).astype("float32")
-    y = data.target.astype("int32")
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(x))
-    x, y = x[order], y[order]
-    return x[:1400], y[:1400], x[1400:], y[1400:]
+    """The suite's one digits split (`tests.support.digits`): x_train, y_train, x_val, y_val."""
+    return digits_split()
 
 
 @pytest.fixture(scope="session")

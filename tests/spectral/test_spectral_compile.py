@@ -79,7 +79,7 @@ def _model() -> keras.Model:
                 keras.Input((6,)),
                 Spectral(12, activation="relu", use_bias=True),
                 Spectral(8, activation="relu", use_bias=True),
-                keras.layers.Dense(3),
+                keras.layers.Dense(3, activation="softmax"),
             ]
         )
     )

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from spectral import metric_based_pruning, prune, prune_percentile
+from spectral import Spectral, metric_based_pruning, prune, prune_percentile
 from spectral.graph import spectral_layers
 from spectral.search import lower_is_better, percentile_grid, within_budget
-from tests.support.spectral import COMPILE
+from tests.support.spectral import COMPILE, randomize
 
 
 def _metric(model: keras.Model, x, y, name: str) -> float:
@@ -60,7 +60,6 @@ def test_huge_budget_returns_most_pruned_grid_point(trained_model, digits) -> No
         max_delta_percent=1000,
         percentile_step=25,
     )
-    assert model is not None
     units = [layer.units for _, layer in spectral_layers(model)]
     assert units == [1, 1]  # percentile 100 with min_units=1 keeps the top node per layer
 
@@ -93,8 +92,8 @@ def test_zero_budget_is_never_none(trained_model, digits) -> None:
         max_delta_percent=0.0,
         percentile_step=50,
     )
-    assert model is not None
     assert report.percentile in (0.0, 50.0, 100.0)
+    assert {path: layer.units for path, layer in spectral_layers(model)} == report.units_after
     assert report.metric_after <= report.metric_before * (1 + 1e-5)
 
 
@@ -111,10 +110,6 @@ def test_uses_models_own_compile_config(trained_model, digits) -> None:
 
 
 def test_uncompiled_model_without_compile_dictionary(digits) -> None:
-    from spectral_helpers import randomize
-
-    from spectral import Spectral
-
     _, _, x_val, y_val = digits
     model = randomize(
         keras.Sequential(
