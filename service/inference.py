@@ -19,7 +19,7 @@ import numpy as np
 
 from service.errors import InvalidInput, SpectralError
 from service.metrics import ServiceMetrics
-from service.registry import VersionRecord
+from service.versions import VersionRecord
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 import spectral
 from service.jobs.params import Method, PruneParams
-from service.registry import VersionRecord
+from service.versions import VersionRecord
 from worker.progress import JobProgress
 
 

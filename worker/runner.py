@@ -27,8 +27,9 @@ from service.datasets import dataset_store, load_dataset
 from service.errors import JobCancelled, JobInputError
 from service.jobs import state
 from service.model_loading import load_model_bytes
-from service.registry import Registry, VersionRecord
+from service.registry import Registry
 from service.settings import Settings
+from service.versions import VersionRecord
 from worker.methods import METHODS, JobInputs
 from worker.progress import LIBRARY_END, LIBRARY_START, Heartbeat, JobProgress
 from worker.sessions import database, fail_job, job_session

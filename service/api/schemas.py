@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.datasets import Dataset
 from service.jobs.params import Method, PruneRequest
 from service.jobs.table import Job, JobStatus
-from service.registry import ModelRecord, VersionRecord
+from service.versions import ModelRecord, VersionRecord
 
 __all__ = ["PruneRequest"]
 

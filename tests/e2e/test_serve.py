@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.api import REPO_ROOT
+from tests.support.api import REPO_ROOT, child_env
 from tests.support.http import submit_ok, upload_model, versions, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -30,15 +30,13 @@ def _alive(pid: int) -> bool:
 def test_serve_runs_jobs_with_its_embedded_worker(
     tmp_path: Path, free_port: int, digits_model_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECTRAL_")}
-    env.update({"PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "200"})
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         serve = subprocess.Popen(
             [
                 sys.executable,
-                "-c",
-                "from service.cli import app; app()",
+                "-m",
+                "service.cli",
                 "serve",
                 "--data-dir",
                 str(tmp_path / "data"),
@@ -46,7 +44,7 @@ def test_serve_runs_jobs_with_its_embedded_worker(
                 str(free_port),
             ],
             cwd=REPO_ROOT,
-            env=env,
+            env=child_env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -1,30 +1,15 @@
-"""The ``spectral`` command line starts a working API."""
+"""The ``spectral`` command line: server commands, the local prune, and a plain install."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
-from tests.support.api import REPO_ROOT, find_free_port
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    pytest.fail(f"CLI server did not become healthy:\n{log.read_text()[-3000:]}")
+from tests.support.api import REPO_ROOT, child_env, launch_api, stop_api
 
 
 def test_help_lists_commands() -> None:
@@ -36,31 +21,17 @@ def test_help_lists_commands() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "serve" in result.stdout and "api" in result.stdout
+    for command in ("serve", "api", "worker", "prune"):
+        assert command in result.stdout, result.stdout
 
 
 def test_api_command_serves_on_the_given_port(tmp_path: Path) -> None:
-    port = find_free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPECTRAL_")}
-    env.update({"SPECTRAL_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(REPO_ROOT)})
-    log = tmp_path / "cli.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "api", "--host", "127.0.0.1"]
-            + ["--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+    api = launch_api(None, tmp_path)  # `spectral api --host 127.0.0.1 --port <free>`
     try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, process, log)
-        assert httpx.get(f"{url}/models", timeout=10).json() == {"data": [], "count": 0}
+        assert httpx.get(f"{api}/models", timeout=10).json() == {"data": [], "count": 0}
         assert (tmp_path / "data" / "registry.db").is_file()
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_api(api)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -70,7 +41,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "200"},
+        env=child_env({"TF_CPP_MIN_LOG_LEVEL": "3"}),
     )
 
 
@@ -117,3 +88,42 @@ def test_prune_command_reports_bad_input(tmp_path: Path, digits_model_path: Path
     assert result.returncode == 2
     assert "percentile" in result.stderr and "150" in result.stderr
     assert not (tmp_path / "o.keras").exists()
+
+
+# Makes the [service] extra's packages unimportable, as in `pip install spectral-pruning`.
+_PLAIN_INSTALL = """
+import sys
+SERVICE_ONLY = {"fastapi", "starlette", "uvicorn", "celery", "kombu", "sqlalchemy", "alembic",
+                "pydantic_settings", "psycopg", "redis", "prometheus_client", "httpx"}
+class WithoutServiceExtra:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in SERVICE_ONLY:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, WithoutServiceExtra())
+from service.cli import app
+app()
+"""
+
+
+def test_plain_install_prunes_and_names_the_extra_for_servers(
+    tmp_path: Path, digits_model_path: Path
+) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", _PLAIN_INSTALL, *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=child_env({"TF_CPP_MIN_LOG_LEVEL": "3"}),
+        )
+
+    out = tmp_path / "small.keras"
+    pruned = run("prune", str(digits_model_path), str(out), "--percentile", "40")
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    assert out.is_file()
+    for command in ("serve", "api", "worker"):
+        refused = run(command)
+        assert refused.returncode == 2, (command, refused.stderr[-3000:])
+        assert 'pip install "spectral-pruning[service]"' in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr

@@ -13,7 +13,7 @@ import pytest
 from service.errors import InvalidInput
 from service.inference import ModelCache, validate_inputs
 from service.model_loading import inspect_artifact, load_model_file
-from service.registry import VersionRecord
+from service.versions import VersionRecord
 
 SPEC = [{"name": "pixels", "shape": [None, 64], "dtype": "float32"}]
 

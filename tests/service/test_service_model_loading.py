@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from service.errors import ArtifactRejected
-from service.model_loading import check_config, inspect_artifact
+from service.model_loading import check_config, compile_config_from_archive, inspect_artifact
+from tests.support.digits import build_digits_model, keras_bytes
 from tests.support.uploads import lambda_model_bytes
 
 
@@ -18,6 +19,22 @@ def test_inspect_returns_shapes_params_and_spectral_units(digits_model_path: Pat
     assert [layer["units"] for layer in meta["spectral_layers"]] == [32, 16]
     assert meta["spectral_units"] == 48
     assert meta["param_count"] > 0
+    # Recorded at upload, so no job has to open the artifact again to find it.
+    assert meta["compile_config"] == {
+        "loss": "sparse_categorical_crossentropy",
+        "loss_weights": None,
+        "metrics": ["accuracy"],
+        "optimizer": meta["compile_config"]["optimizer"],
+        "weighted_metrics": None,
+    }
+    assert meta["compile_config"]["optimizer"]["class_name"] == "Adam"
+
+
+def test_uncompiled_models_record_no_compile_config() -> None:
+    data = keras_bytes(build_digits_model(compiled=False))
+    assert inspect_artifact(data)["compile_config"] is None
+    assert compile_config_from_archive(data) is None
+    assert compile_config_from_archive(b"not a zip") is None
 
 
 @pytest.mark.parametrize(

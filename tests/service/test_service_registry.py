@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from service.db import upgrade_database
 from service.errors import (
@@ -21,8 +21,10 @@ from service.errors import (
     ReportNotFound,
     VersionNotFound,
 )
-from service.registry import AliasRow, ModelRow, Registry, VersionRow
+from service.model_loading import compile_config_from_archive
+from service.registry import Registry
 from service.settings import Settings
+from service.versions import AliasRow, ModelRow, VersionRow
 from tests.support.uploads import lambda_model_bytes
 
 
@@ -198,3 +200,27 @@ def test_migrations_are_idempotent(tmp_path: Path) -> None:
     upgrade_database(settings)
     upgrade_database(settings)
     assert Registry.from_settings(settings).list_models() == []
+
+
+def test_migration_0003_backfills_compile_configs(tmp_path: Path, model_bytes: bytes) -> None:
+    """Versions stored before compile configs were recorded get theirs from the artifact."""
+    settings = Settings(data_dir=tmp_path)
+    upgrade_database(settings, revision="0002_jobs_datasets")
+    registry = Registry.from_settings(settings)
+    sha256, size = registry.store.put(model_bytes)
+    with registry.database.session() as session:
+        session.execute(
+            text("INSERT INTO models (id, created_at) VALUES ('old', '2025-01-01 00:00:00');")
+        )
+        session.execute(
+            text(
+                "INSERT INTO model_versions (model_id, version, sha256, size_bytes, created_at, "
+                "metadata) VALUES ('old', 1, :sha, :size, '2025-01-01 00:00:00', '{}')"
+            ),
+            {"sha": sha256, "size": size},
+        )
+    upgrade_database(settings)
+    backfilled = registry.resolve("old", 1)
+    assert backfilled.compile_config is not None
+    assert backfilled.compile_config["loss"] == "sparse_categorical_crossentropy"
+    assert backfilled.compile_config == compile_config_from_archive(model_bytes)
