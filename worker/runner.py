@@ -1,9 +1,10 @@
 """Running one pruning job from the `jobs` table to its end: `execute_job`.
 
 A job claims its row, then goes through four steps, each a function here: load the inputs,
-run the method (`worker.methods.METHODS`), measure the result, and save it as ONE new version
-of the same model through the registry (idempotent on the job id). Progress goes to the job's
-row, which is also how a client's cancel request reaches the job.
+run the method (the `METHODS` table: percentile, metric, pretrain), measure the result, and
+save it as ONE new version of the same model through the registry (idempotent on the job id).
+Progress goes to the job's row, which is also how a client's cancel request reaches the job.
+Every parameter arrives typed, with its default, as `PruneParams`.
 
 This module imports TensorFlow (through `spectral`): only a pool child imports it, after the
 fork (see `worker.tasks`).
@@ -15,6 +16,8 @@ import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +29,11 @@ import spectral
 from service.datasets import dataset_store, load_dataset
 from service.errors import JobCancelled, JobInputError
 from service.jobs import state
+from service.jobs.params import Method, PruneParams
 from service.model_loading import load_model_bytes
 from service.registry import Registry
 from service.settings import Settings
 from service.versions import VersionRecord
-from worker.methods import METHODS, JobInputs
 from worker.progress import LIBRARY_END, LIBRARY_START, Heartbeat, JobProgress
 from worker.sessions import database, fail_job, job_session
 
@@ -95,43 +98,37 @@ def run_job(claim: state.Claim, settings: Settings) -> tuple[int, dict[str, Any]
     return save(claim, registry, inputs.record, data, result, report), report
 
 
-def measure(
-    inputs: JobInputs, pruned: Any, data: bytes, batch: np.ndarray, latency_before: float
-) -> dict[str, Any]:
-    """Size and latency of the pruned model against the original, for the report."""
-    return {
-        "artifact_bytes_before": inputs.record.size_bytes,
-        "artifact_bytes_after": len(data),
-        "latency_ms_before": latency_before,
-        "latency_ms_after": latency_ms(pruned, batch),
-        "latency_batch_size": int(batch.shape[0]),
-        "keras_backend": keras.backend.backend(),
-    }
+# -- step 1: the inputs ---------------------------------------------------------------------------
 
 
-def save(
-    claim: state.Claim,
-    registry: Registry,
-    parent: VersionRecord,
-    data: bytes,
-    result: spectral.PruningResult,
-    report: dict[str, Any],
-) -> int:
-    """Store the pruned model as the next version, with its lineage, report and report image."""
-    new = registry.add_version(
-        claim.model_id,
-        data,
-        parent_version=parent.version,
-        lineage={
-            "job_id": claim.job_id,
-            "method": claim.params.method,
-            "params": claim.params.recorded(),
-        },
-        job_id=claim.job_id,
-        report=report,
-        report_png=spectral.plot_report(result.report),
-    )
-    return new.version
+@dataclass(frozen=True)
+class JobInputs:
+    """What a job works on: the model version, its loaded model, the dataset and how to compile."""
+
+    record: VersionRecord
+    model: Any
+    x: np.ndarray | None
+    y: np.ndarray | None
+    compile_kwargs: dict[str, Any] | None
+    batch_size: int
+
+    @property
+    def eval_dictionary(self) -> dict[str, Any] | None:
+        """``model.evaluate`` kwargs on the dataset, when there is one to evaluate."""
+        if self.x is None or self.compile_kwargs is None:
+            return None
+        return {"x": self.x, "y": self.y, "batch_size": self.batch_size, "verbose": 0}
+
+    def fit_kwargs(self, epochs: int, progress: JobProgress) -> dict[str, Any]:
+        """``model.fit`` kwargs on the dataset; cancellable between epochs."""
+        return {
+            "x": self.x,
+            "y": self.y,
+            "epochs": epochs,
+            "batch_size": self.batch_size,
+            "verbose": 0,
+            "callbacks": [progress.epoch_callback()],
+        }
 
 
 def load_inputs(
@@ -166,6 +163,91 @@ def _check_fits(model: Any, x: np.ndarray) -> None:
         )
 
 
+# -- step 2: the methods, one table ---------------------------------------------------------------
+
+
+def _common(params: PruneParams, progress: JobProgress) -> dict[str, Any]:
+    return {"scope": params.scope, "min_units": params.min_units, "progress": progress.library}
+
+
+def _search(params: PruneParams) -> dict[str, Any]:
+    return {
+        "compare_metric": params.compare_metric,
+        "higher_is_better": params.higher_is_better,
+        "max_delta_percent": params.max_delta_percent,
+        "percentile_step": params.percentile_step,
+    }
+
+
+def prune_percentile(
+    inputs: JobInputs, params: PruneParams, progress: JobProgress
+) -> spectral.PruningResult:
+    return spectral.prune(
+        inputs.model,
+        percentile=params.percentile,
+        eval_dictionary=inputs.eval_dictionary,
+        compile_dictionary=inputs.compile_kwargs,
+        compare_metric=params.compare_metric,
+        higher_is_better=params.higher_is_better,
+        **_common(params, progress),
+    )
+
+
+def prune_metric(
+    inputs: JobInputs, params: PruneParams, progress: JobProgress
+) -> spectral.PruningResult:
+    return spectral.prune(
+        inputs.model,
+        eval_dictionary=inputs.eval_dictionary,
+        compile_dictionary=inputs.compile_kwargs,
+        **_search(params),
+        **_common(params, progress),
+    )
+
+
+def pretrain(
+    inputs: JobInputs, params: PruneParams, progress: JobProgress
+) -> spectral.PruningResult:
+    fine_tune_epochs = params.fine_tune_epochs or params.epochs
+    return spectral.eigenvalue_pretraining(
+        inputs.model,
+        inputs.fit_kwargs(params.epochs, progress),
+        compile_dictionary=inputs.compile_kwargs,
+        percentile=params.percentile,
+        eval_dictionary=inputs.eval_dictionary,
+        fine_tune_kwargs=inputs.fit_kwargs(fine_tune_epochs, progress),
+        eigenvalues_only=params.eigenvalues_only,
+        **_search(params),
+        **_common(params, progress),
+    )
+
+
+PruningMethod = Callable[[JobInputs, PruneParams, JobProgress], spectral.PruningResult]
+
+METHODS: dict[Method, PruningMethod] = {
+    "percentile": prune_percentile,
+    "metric": prune_metric,
+    "pretrain": pretrain,
+}
+
+
+# -- step 3: measurement --------------------------------------------------------------------------
+
+
+def measure(
+    inputs: JobInputs, pruned: Any, data: bytes, batch: np.ndarray, latency_before: float
+) -> dict[str, Any]:
+    """Size and latency of the pruned model against the original, for the report."""
+    return {
+        "artifact_bytes_before": inputs.record.size_bytes,
+        "artifact_bytes_after": len(data),
+        "latency_ms_before": latency_before,
+        "latency_ms_after": latency_ms(pruned, batch),
+        "latency_batch_size": int(batch.shape[0]),
+        "keras_backend": keras.backend.backend(),
+    }
+
+
 def _latency_batch(inputs: JobInputs) -> np.ndarray:
     if inputs.x is not None:
         return np.asarray(inputs.x[: inputs.batch_size])
@@ -189,3 +271,31 @@ def _keras_bytes(model: Any) -> bytes:
         path = Path(tmp) / "pruned.keras"
         model.save(path)
         return path.read_bytes()
+
+
+# -- step 4: saving the new version ---------------------------------------------------------------
+
+
+def save(
+    claim: state.Claim,
+    registry: Registry,
+    parent: VersionRecord,
+    data: bytes,
+    result: spectral.PruningResult,
+    report: dict[str, Any],
+) -> int:
+    """Store the pruned model as the next version, with its lineage, report and report image."""
+    new = registry.add_version(
+        claim.model_id,
+        data,
+        parent_version=parent.version,
+        lineage={
+            "job_id": claim.job_id,
+            "method": claim.params.method,
+            "params": claim.params.recorded(),
+        },
+        job_id=claim.job_id,
+        report=report,
+        report_png=spectral.plot_report(result.report),
+    )
+    return new.version
