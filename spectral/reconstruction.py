@@ -303,7 +303,6 @@ class _Consumer:
 
     def __init__(self, path: str, original: Any, pruned: Any, kept_out: np.ndarray) -> None:
         self.path = path
-        self.original = original
         self.pruned = pruned
         self.kept_out = kept_out
         kernel, bias = _weights(original)
@@ -343,8 +342,7 @@ class _Consumer:
             # Kernel held, bias set to the mean residual: the best bias for the kept kernel.
             fixed[:width] = True
         elif isinstance(self.pruned, Spectral):
-            diff = self._eigen_differences()
-            tiny = np.abs(diff) <= _DIFF_TOLERANCE * max(float(np.max(np.abs(diff))), 1e-30)
+            tiny = ~self._settable()
             tiny[:, self.frozen] = False
             if np.any(tiny):
                 fixed[:width] |= tiny
@@ -361,17 +359,21 @@ class _Consumer:
 
     def _eigen_differences(self) -> np.ndarray:
         start, end = self.pruned.return_diag()
-        return (start.astype(np.float64) - end.astype(np.float64)).reshape(
-            start.shape[0], end.shape[1]
-        )
+        return start.astype(np.float64) - end.astype(np.float64)  # (in, 1) - (1, out)
+
+    def _settable(self) -> np.ndarray:
+        """Kernel entries that `base` can set without blowing up (Spectral consumers)."""
+        magnitude = np.abs(self._eigen_differences())
+        return magnitude > _DIFF_TOLERANCE * max(float(np.max(magnitude)), 1e-30)
 
     def assign(self, weights: np.ndarray) -> None:
         width = _input_width(self.pruned)
         kernel = weights[:width]
         if isinstance(self.pruned, Spectral):
+            # kernel = base * (diag_start - diag_end): solve for base, eigenvalues untouched.
             diff = self._eigen_differences()
             base = to_numpy(self.pruned.base).astype(np.float64)
-            usable = np.abs(diff) > _DIFF_TOLERANCE * max(float(np.max(np.abs(diff))), 1e-30)
+            usable = self._settable()
             base[usable] = kernel[usable] / diff[usable]
             self.pruned.base.assign(base.astype(self.pruned.base.dtype))
         else:

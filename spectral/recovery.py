@@ -228,12 +228,19 @@ def recover(
         if y is not None:
             labels = np.asarray(y, dtype=np.float32).reshape(rows, -1)
             label_loss = keras.losses.get(user_arguments.get("loss"))
+            if label_loss is None:
+                raise ValueError(
+                    "Distilling alongside labels needs the label loss in `compile_dictionary`. "
+                    "Received: loss=None"
+                )
         targets = np.concatenate([labels, soft], axis=1)
         arguments = {
-            "optimizer": user_arguments.get("optimizer", "rmsprop"),
+            **user_arguments,
             # Explicitly none: `compile` keeps earlier metrics when given `None`, and metrics
             # would read the packed targets as labels.
             "metrics": [],
+            "weighted_metrics": None,
+            "loss_weights": None,
             "loss": distillation_loss(
                 label_loss,
                 labels.shape[1],

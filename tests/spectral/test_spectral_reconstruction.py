@@ -257,6 +257,26 @@ def test_near_zero_eigenvalue_difference_keeps_that_entry(
     assert not np.allclose(new_base, old_base)
 
 
+def test_equal_eigenvalues_need_the_kept_nodes_passed(
+    trained_model: keras.Model, digits: tuple[np.ndarray, ...]
+) -> None:
+    model = keras.models.clone_model(trained_model)
+    model.set_weights(trained_model.get_weights())
+    pruned = _prune(model)
+    layer = model.get_layer("spectral_1")
+    kept = _kept(layer, pruned.get_layer("spectral_1"))
+    removed = np.setdiff1d(np.arange(layer.units), kept)
+    # A removed node now has a kept node's eigenvalue: which one survived cannot be told.
+    eigenvalues = layer.eigenvalues.copy()
+    eigenvalues[removed[0]] = eigenvalues[kept[0]]
+    layer.diag_end.assign(eigenvalues[None, :].astype("float32"))
+    result = reconstruct(model, pruned, digits[0])
+    assert "ambiguous" in result.skipped["spectral_1"]
+    assert "pass keep=" in result.skipped["spectral_1"]
+    result = reconstruct(model, pruned, digits[0], keep={"spectral_1": kept})
+    assert result.reconstructed == ["spectral_1", "dense"]
+
+
 def test_mean_compensation_folds_mean_activations_into_the_bias(
     trained_model: keras.Model, digits: tuple[np.ndarray, ...]
 ) -> None:
