@@ -329,6 +329,37 @@ def test_masked_layer_and_shared_consumer_are_listed_with_reasons(
     )
 
 
+def test_masked_nodes_of_a_refitted_layer_stay_masked(digits: tuple[np.ndarray, ...]) -> None:
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            Spectral(32, activation="relu", use_bias=True, name="first"),
+            # LayerNormalization cannot be sliced, so `second` is masked, yet it is a consumer.
+            Spectral(24, activation="relu", use_bias=True, name="second"),
+            keras.layers.LayerNormalization(name="norm"),
+            keras.layers.Dense(10, name="head"),
+        ]
+    )
+    randomize(model)
+    with pytest.warns(UserWarning, match="masked"):
+        pruned = spectral.prune_percentile(model, 50, COMPILE)
+    second = pruned.get_layer("second")
+    masked = np.flatnonzero(second.eigenvalues == 0.0)
+    assert second.units == 24
+    assert 0 < masked.size < 24
+    result = reconstruct(model, pruned, digits[0])
+    (entry,) = result.layers
+    assert entry.layer == "second"
+    assert entry.status == "reconstructed"
+    assert f"{masked.size} masked nodes kept at act(0)" in entry.reason
+    assert entry.error_after < entry.error_before
+    # Masked nodes still output act(0): zero base column, eigenvalue and bias.
+    assert np.all(second.return_base()[:, masked] == 0.0)
+    assert np.all(second.eigenvalues[masked] == 0.0)
+    assert np.all(np.array(second.bias)[masked] == 0.0)
+
+
 def test_report_is_json(trained_model: keras.Model, digits: tuple[np.ndarray, ...]) -> None:
     result = reconstruct(trained_model, _prune(trained_model), digits[0][:500], chunk_size=128)
     report = json.loads(json.dumps(result.to_dict()))
