@@ -14,20 +14,9 @@ from spectral.evaluation import evaluate
 from spectral.graph import spectral_layers
 from spectral.pruning import prune
 from spectral.report import PruningResult
-from spectral.search import Progress, notify
+from spectral.search import Progress, notify, scaled_progress
 
 logger = logging.getLogger(__name__)
-
-
-def _scaled(progress: Progress | None, start: float, span: float) -> Progress | None:
-    if progress is None:
-        return None
-    outer = progress
-
-    def inner(fraction: float, message: str) -> None:
-        outer(start + span * fraction, message)
-
-    return inner
 
 
 def eigenvalue_pretraining(
@@ -118,7 +107,7 @@ def eigenvalue_pretraining(
         percentile_step=percentile_step,
         scope=scope,
         min_units=min_units,
-        progress=_scaled(progress, 0.4, 0.4),
+        progress=scaled_progress(progress, 0.4, 0.4),
         higher_is_better=higher_is_better,
     )
     pruned, report = result.model, result.report

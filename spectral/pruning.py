@@ -1,35 +1,37 @@
 """Spectral pruning entry points: `prune`, `prune_percentile` and `metric_based_pruning`.
 
 Nodes with small |eigenvalue| are removed physically (see `spectral.compaction`); where a
-consumer cannot be sliced safely the layer's nodes are masked instead, with a warning.
+consumer cannot be sliced safely the layer's nodes are masked instead, with a warning. By
+default the result computes exactly what the masked model computes; the compression options
+(`spectral.options`) add reconstruction on calibration rows, recovery training and gradual
+rounds (`spectral.applying`).
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import keras
-import numpy as np
 
-from spectral.compaction import compact_model
+from spectral.applying import ReconstructedProbe, apply_selection, record_options
 from spectral.compiling import compile_model
 from spectral.evaluation import evaluate
-from spectral.graph import Plan, Planner
-from spectral.masking import MaskedCopy, masked_model
-from spectral.report import PruningReport, PruningResult
+from spectral.masking import MaskedCopy
+from spectral.options import check_options
+from spectral.report import PruningResult, build_report
 from spectral.search import (
+    Probe,
     Progress,
     lower_is_better,
     notify,
     pick_metric,
+    scaled_progress,
     search_percentile,
     within_budget,
 )
 from spectral.selection import (
-    ModelSpectra,
     analyse,
     check_max_delta_percent,
     check_min_units,
@@ -41,95 +43,6 @@ from spectral.selection import (
 logger = logging.getLogger(__name__)
 
 
-def plan_pruning(
-    model: keras.Model, spectra: ModelSpectra, keep: Mapping[str, np.ndarray]
-) -> tuple[Plan, dict[str, str]]:
-    """Plans the compaction for `keep`, masking layers whose consumers cannot be sliced.
-
-    Returns:
-        `(plan, masked)`: the conflict-free plan and path -> reason for each masked layer.
-    """
-    by_path = spectra.by_path
-    path_of = {id(layer): path for path, layer in spectra.layers}
-    reduced = {path: kept for path, kept in keep.items() if kept.size < by_path[path].units}
-    masked: dict[str, str] = {}
-    while True:
-        slice_ids = {id(by_path[p]): k for p, k in reduced.items() if p not in masked}
-        mask_ids = {id(by_path[p]): reduced[p] for p in masked}
-        plan = Planner(model, slice_ids, mask_ids).run()
-        new = {path_of[i]: why for i, why in plan.conflicts.items() if path_of[i] not in masked}
-        if not new:
-            return plan, masked
-        masked.update(new)
-
-
-def _units_after(spectra: ModelSpectra, keep: Mapping[str, np.ndarray]) -> dict[str, int]:
-    return {
-        path: int(keep[path].size) if path in keep else layer.units
-        for path, layer in spectra.layers
-    }
-
-
-def _removed_fraction(spectra: ModelSpectra, keep: Mapping[str, np.ndarray]) -> float:
-    by_path = spectra.by_path
-    total = sum(by_path[p].units for p in spectra.prunable)
-    removed = sum(by_path[p].units - keep[p].size for p in spectra.prunable)
-    return float(removed / total) if total else 0.0
-
-
-def _prune_at(
-    model: keras.Model,
-    spectra: ModelSpectra,
-    keep: Mapping[str, np.ndarray],
-    compact: bool,
-) -> tuple[keras.Model, list[str]]:
-    if not compact:
-        return masked_model(model, keep), sorted(
-            p for p in spectra.prunable if keep[p].size < spectra.by_path[p].units
-        )
-    plan, masked = plan_pruning(model, spectra, keep)
-    for path, reason in masked.items():
-        warnings.warn(
-            f"Spectral layer '{path}' is masked instead of sliced: {reason} cannot be sliced "
-            "safely.",
-            stacklevel=3,
-        )
-    return compact_model(model, plan), sorted(masked)
-
-
-def _report(
-    method: str,
-    model: keras.Model,
-    new_model: keras.Model,
-    spectra: ModelSpectra,
-    keep: Mapping[str, np.ndarray],
-    percentile: float,
-    cutoff: float | dict[str, float],
-    scope: str,
-    min_units: int,
-    masked_layers: list[str],
-) -> PruningReport:
-    active = _units_after(spectra, keep)
-    return PruningReport(
-        method=method,
-        percentile=percentile,
-        scope=scope,
-        min_units=min_units,
-        cutoff=cutoff,
-        units_before={path: layer.units for path, layer in spectra.layers},
-        units_after={
-            path: spectra.by_path[path].units if path in masked_layers else units
-            for path, units in active.items()
-        },
-        active_units_after=active,
-        nodes_removed_fraction=_removed_fraction(spectra, keep),
-        params_before=int(model.count_params()),
-        params_after=int(new_model.count_params()),
-        masked_layers=masked_layers,
-        eigenvalues={p: [float(x) for x in v] for p, v in spectra.eigenvalues().items()},
-    )
-
-
 def prune_percentile(
     model: keras.Model,
     percentile_threshold: float,
@@ -138,6 +51,12 @@ def prune_percentile(
     scope: str = "global",
     min_units: int = 1,
     compact: bool = True,
+    calibration: Mapping[str, Any] | None = None,
+    reconstruct: str | None = None,
+    recover: Mapping[str, Any] | None = None,
+    distill: bool = False,
+    temperature: float = 2.0,
+    steps: int = 1,
 ) -> keras.Model:
     """Removes the nodes whose |eigenvalue| is below a percentile; returns a new model.
 
@@ -149,13 +68,16 @@ def prune_percentile(
         scope: `"global"` (one cutoff over all prunable layers) or `"layer"`.
         min_units: Nodes always kept per layer.
         compact: `True` slices removed nodes out; `False` returns a same-size masked copy.
+        calibration, reconstruct, recover, distill, temperature, steps: The compression
+            options of `prune`. Without them the result computes exactly what the masked
+            model computes.
 
     Returns:
         The pruned model, compiled when `compile_dictionary` is given.
 
     Raises:
-        ValueError: On a percentile outside [0, 100], bad `scope`/`min_units`, or a model
-            without prunable Spectral layers.
+        ValueError: On a percentile outside [0, 100], bad `scope`/`min_units` or options, or
+            a model without prunable Spectral layers.
 
     Example:
 
@@ -168,6 +90,12 @@ def prune_percentile(
         scope=scope,
         min_units=min_units,
         compact=compact,
+        calibration=calibration,
+        reconstruct=reconstruct,
+        recover=recover,
+        distill=distill,
+        temperature=temperature,
+        steps=steps,
     ).model
 
 
@@ -182,6 +110,12 @@ def metric_based_pruning(
     scope: str = "global",
     min_units: int = 1,
     higher_is_better: bool | None = None,
+    calibration: Mapping[str, Any] | None = None,
+    reconstruct: str | None = None,
+    recover: Mapping[str, Any] | None = None,
+    distill: bool = False,
+    temperature: float = 2.0,
+    steps: int = 1,
 ) -> keras.Model:
     """Returns the most pruned model whose metric stays within `max_delta_percent` %.
 
@@ -196,6 +130,9 @@ def metric_based_pruning(
         min_units: Nodes always kept per layer.
         higher_is_better: Direction of `compare_metric`; `None` infers it from the name
             (losses, errors, crossentropies and false positives/negatives are lower-is-better).
+        calibration, reconstruct, recover, distill, temperature, steps: The compression
+            options of `prune`. With `reconstruct`, the budget is checked on the
+            reconstructed model at each probed percentile.
 
     Returns:
         The compact pruned model, compiled.
@@ -218,7 +155,25 @@ def metric_based_pruning(
         scope=scope,
         min_units=min_units,
         higher_is_better=higher_is_better,
+        calibration=calibration,
+        reconstruct=reconstruct,
+        recover=recover,
+        distill=distill,
+        temperature=temperature,
+        steps=steps,
     ).model
+
+
+def _check_step(eval_dictionary: Any, percentile_step: Any) -> float:
+    if eval_dictionary is None:
+        raise ValueError(
+            "Metric-based pruning needs `eval_dictionary` (or pass `percentile`). "
+            "Received: percentile=None, eval_dictionary=None"
+        )
+    step = check_percentile(percentile_step, "percentile_step")
+    if step <= 0:
+        raise ValueError(f"`percentile_step` must be in (0, 100]. Received: percentile_step={step}")
+    return step
 
 
 def prune(
@@ -235,6 +190,12 @@ def prune(
     progress: Progress | None = None,
     compact: bool = True,
     higher_is_better: bool | None = None,
+    calibration: Mapping[str, Any] | None = None,
+    reconstruct: str | None = None,
+    recover: Mapping[str, Any] | None = None,
+    distill: bool = False,
+    temperature: float = 2.0,
+    steps: int = 1,
 ) -> PruningResult:
     """Prunes a model by percentile, or by searching the largest percentile within a budget.
 
@@ -251,21 +212,37 @@ def prune(
         percentile_step: Spacing of the searched percentile grid, in (0, 100].
         scope: `"global"` or `"layer"`.
         min_units: Nodes always kept per layer.
-        progress: Optional `progress(fraction, message)`; its exceptions propagate.
+        progress: Optional `progress(fraction, message)`, also called per reconstructed layer
+            and per recovery epoch; an exception it raises cancels the run (between epochs
+            during recovery) and propagates.
         compact: `False` returns a same-size masked model instead of slicing.
         higher_is_better: Direction of `compare_metric`; `None` infers it from the name.
+        calibration: `{"x": inputs}`, rows the reconstruction re-fits on. Needed by, and
+            only used by, `reconstruct`.
+        reconstruct: `None` (default: exact folding, the masked model's function),
+            `"least_squares"` or `"mean"`: re-fit each consumer of removed nodes to reproduce
+            the unpruned network's pre-activations on the calibration rows
+            (`spectral.reconstruction.reconstruct`).
+        recover: `{"x", "y", "epochs", "batch_size"}`: train the compact model briefly
+            afterwards (`spectral.recovery.recover`); `y` may be left out with `distill`.
+        distill: Recovery also trains on the unpruned model's outputs as soft targets.
+        temperature: Distillation temperature, > 0.
+        steps: Remove the nodes in this many rounds, with reconstruction and recovery after
+            each (gradual pruning).
 
     Returns:
         A `PruningResult` (`model, report = prune(...)`).
 
     Raises:
         ValueError: On invalid arguments, a model without prunable Spectral layers, a
-            missing metric, or nothing to compile the evaluation copy with.
+            missing metric, or nothing to compile the evaluation copy (or recovery) with.
 
     Example:
 
     >>> model_small, report = prune(model, eval_dictionary={"x": x, "y": y},
-    ...                             compare_metric="loss", max_delta_percent=5)
+    ...                             compare_metric="loss", max_delta_percent=5,
+    ...                             calibration={"x": x_train[:2000]},
+    ...                             reconstruct="least_squares")
     >>> report.to_dict()["nodes_removed_fraction"]
     """
     scope = check_scope(scope)
@@ -273,17 +250,23 @@ def prune(
     if percentile is not None:
         percentile = check_percentile(percentile)
     else:
-        if eval_dictionary is None:
-            raise ValueError(
-                "Metric-based pruning needs `eval_dictionary` (or pass `percentile`). "
-                "Received: percentile=None, eval_dictionary=None"
-            )
-        step = check_percentile(percentile_step, "percentile_step")
-        if step <= 0:
-            raise ValueError(
-                f"`percentile_step` must be in (0, 100]. Received: percentile_step={step}"
-            )
+        step = _check_step(eval_dictionary, percentile_step)
     max_delta_percent = check_max_delta_percent(max_delta_percent)
+    options = check_options(
+        calibration=calibration,
+        reconstruct=reconstruct,
+        recover=recover,
+        distill=distill,
+        temperature=temperature,
+        steps=steps,
+        compact=compact,
+    )
+    if options.recovery is not None and compile_dictionary is None and not model.compiled:
+        raise ValueError(
+            "`recover` trains the pruned model and needs a loss: pass `compile_dictionary` or "
+            "compile the model first. Received: compile_dictionary=None"
+        )
+    plain = options.exact and options.steps == 1
     notify(progress, 0.0, "analysing model")
     spectra = analyse(model)
     metric_before: float | None = None
@@ -293,8 +276,11 @@ def prune(
         method = "metric"
         masked = MaskedCopy(model)
         compile_model(masked.model, model, compile_dictionary, required=True)
+        probe: Probe = masked
+        if options.reconstruct is not None:
+            probe = ReconstructedProbe(model, spectra, masked, options, compile_dictionary)
         outcome = search_percentile(
-            masked,
+            probe,
             spectra,
             eval_dictionary,
             compare_metric,
@@ -302,7 +288,7 @@ def prune(
             step,
             scope,
             min_units,
-            progress,
+            progress if plain else scaled_progress(progress, 0.0, 0.5),
             higher_is_better,
         )
         percentile, keep, cutoff = outcome.percentile, outcome.keep, outcome.cutoff
@@ -314,12 +300,37 @@ def prune(
             masked = MaskedCopy(model)
             compile_model(masked.model, model, compile_dictionary, required=True)
             metric_before = pick_metric(masked.evaluate(eval_dictionary), compare_metric)
-    notify(progress, 0.9, f"pruning at percentile {percentile:g}")
-    new_model, masked_layers = _prune_at(model, spectra, keep, compact)
-    compiled = compile_model(new_model, model, compile_dictionary, required=False)
-    report = _report(
-        method, model, new_model, spectra, keep, percentile, cutoff, scope, min_units, masked_layers
+    notify(progress, 0.9 if plain else 0.5, f"pruning at percentile {percentile:g}")
+    applied = apply_selection(
+        model,
+        spectra,
+        keep,
+        percentile,
+        scope=scope,
+        min_units=min_units,
+        compact=compact,
+        options=options,
+        compile_dictionary=compile_dictionary,
+        progress=None if plain else scaled_progress(progress, 0.5, 0.5),
     )
+    new_model = applied.model
+    # Recovery leaves the model compiled with the optimizer it trained with; keep that.
+    compiled = bool(new_model.compiled) or compile_model(
+        new_model, model, compile_dictionary, required=False
+    )
+    report = build_report(
+        method,
+        model,
+        new_model,
+        spectra,
+        applied.keep,
+        percentile,
+        cutoff,
+        scope,
+        min_units,
+        applied.masked_layers,
+    )
+    record_options(report, options, applied)
     if eval_dictionary is not None and compiled:
         report.metric_after = pick_metric(evaluate(new_model, eval_dictionary), compare_metric)
         report.metric_name = compare_metric

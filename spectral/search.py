@@ -1,8 +1,9 @@
 """Metric-based search: the largest percentile whose metric stays within a relative budget.
 
 The search evaluates one masked, compiled copy of the model (weights reassigned per step, no
-re-cloning or recompiling) and bisects over the percentile grid `0, step, 2*step, ... <= 100`,
-assuming the metric degrades monotonically as more nodes are removed.
+re-cloning or recompiling), or, with reconstruction, the reconstructed model at each point. It
+bisects over the percentile grid `0, step, 2*step, ... <= 100`, assuming the metric degrades
+monotonically as more nodes are removed.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from spectral.masking import MaskedCopy
 from spectral.selection import ModelSpectra, select_nodes
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,26 @@ def notify(progress: Progress | None, fraction: float, message: str) -> None:
     """Calls `progress(fraction, message)` if given; its exceptions propagate (cancellation)."""
     if progress is not None:
         progress(fraction, message)
+
+
+def scaled_progress(progress: Progress | None, start: float, span: float) -> Progress | None:
+    """A callback mapping a stage's fractions 0..1 onto `start .. start + span` of `progress`."""
+    if progress is None:
+        return None
+    outer = progress
+
+    def inner(fraction: float, message: str) -> None:
+        outer(start + span * fraction, message)
+
+    return inner
+
+
+class Probe(Protocol):
+    """What the search evaluates: a model whose active nodes can be set (`MaskedCopy`)."""
+
+    def apply(self, keep: Mapping[str, np.ndarray | None]) -> None: ...
+
+    def evaluate(self, eval_dictionary: Mapping[str, Any]) -> dict[str, float]: ...
 
 
 _LOWER_IS_BETTER = re.compile(
@@ -96,7 +116,7 @@ class SearchOutcome:
 
 
 def search_percentile(
-    masked: MaskedCopy,
+    probe: Probe,
     spectra: ModelSpectra,
     eval_dictionary: Mapping[str, Any],
     compare_metric: str,
@@ -110,7 +130,8 @@ def search_percentile(
     """Bisects the percentile grid for the most pruned point within the metric budget.
 
     Args:
-        masked: A compiled `MaskedCopy` of the model.
+        probe: What is evaluated at each point: a compiled `MaskedCopy` of the model, or a
+            `ReconstructedProbe` to check the budget on reconstructed models.
         spectra: The model's Spectral layers, from `selection.analyse`.
         eval_dictionary: Keyword arguments of `model.evaluate`.
         compare_metric: Name of the result compared (e.g. `"accuracy"`, `"loss"`).
@@ -129,8 +150,8 @@ def search_percentile(
     evaluations: list[dict[str, Any]] = []
     cache: dict[int, tuple[float, bool, dict[str, np.ndarray], Any]] = {}
 
-    masked.apply({})
-    reference = pick_metric(masked.evaluate(eval_dictionary), compare_metric)
+    probe.apply({})
+    reference = pick_metric(probe.evaluate(eval_dictionary), compare_metric)
     logger.info("Unpruned %s = %.6g", compare_metric, reference)
 
     def evaluate(index: int) -> bool:
@@ -138,8 +159,8 @@ def search_percentile(
             return cache[index][1]
         percentile = grid[index]
         keep, cutoff = select_nodes(spectra, percentile, scope, min_units)
-        masked.apply(keep)
-        value = pick_metric(masked.evaluate(eval_dictionary), compare_metric)
+        probe.apply(keep)
+        value = pick_metric(probe.evaluate(eval_dictionary), compare_metric)
         ok = within_budget(
             value, reference, compare_metric, max_delta_percent, higher_is_better=higher_is_better
         )
@@ -171,7 +192,7 @@ def search_percentile(
             else:
                 high = middle
     value, _, keep, cutoff = cache[low]
-    masked.apply({})
+    probe.apply({})
     return SearchOutcome(
         percentile=grid[low],
         keep=keep,

@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from spectral.graph import spectral_layers
+from spectral.graph import iter_layers, spectral_layers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def randomize(model: keras.Model, seed: int = 0) -> keras.Model:
         )
         if layer.bias is not None:
             layer.bias.assign(rng.normal(size=(layer.units,)).astype("float32"))
-    for layer in _all_layers(model):
+    for _, layer in iter_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             for variable in layer.weights:
                 shape = variable.shape
@@ -51,16 +51,6 @@ def randomize(model: keras.Model, seed: int = 0) -> keras.Model:
                 )
                 variable.assign(values.astype("float32"))
     return model
-
-
-def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            out.extend(_all_layers(layer))
-        else:
-            out.append(layer)
-    return out
 
 
 def weights_snapshot(model: keras.Model) -> list[np.ndarray]:
