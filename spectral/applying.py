@@ -19,7 +19,7 @@ import numpy as np
 
 from spectral.compaction import compact_model
 from spectral.compiling import compile_model
-from spectral.evaluation import evaluate
+from spectral.evaluation import evaluate, fits_one_batch
 from spectral.graph import Planner
 from spectral.masking import MaskedCopy, masked_model
 from spectral.options import CompressionOptions
@@ -270,6 +270,10 @@ class ReconstructedProbe:
         self.current = pruned
 
     def evaluate(self, eval_dictionary: Mapping[str, Any]) -> dict[str, float]:
+        if self.current is not self.reference.model:
+            # A probed model is evaluated once: on one batch, tracing the test step costs ten
+            # times more than running it eagerly (0.6 s against 0.06 s on digits).
+            self.current.run_eagerly = fits_one_batch(eval_dictionary)
         return evaluate(self.current, eval_dictionary)
 
 

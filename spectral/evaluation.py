@@ -31,7 +31,8 @@ def _rows(data: Any) -> int | None:
     return None
 
 
-def _single_batch(eval_dictionary: Mapping[str, Any]) -> bool:
+def fits_one_batch(eval_dictionary: Mapping[str, Any]) -> bool:
+    """Whether `evaluate` sends `eval_dictionary` through the test step as a single batch."""
     if not set(eval_dictionary) <= _SINGLE_BATCH_KEYS or "x" not in eval_dictionary:
         return False
     rows = _rows(eval_dictionary["x"])
@@ -53,7 +54,7 @@ def evaluate(model: keras.Model, eval_dictionary: Mapping[str, Any]) -> dict[str
     Returns:
         Each evaluation result as a float, keyed by name.
     """
-    if _single_batch(eval_dictionary):
+    if fits_one_batch(eval_dictionary):
         results = model.test_on_batch(
             eval_dictionary["x"],
             eval_dictionary.get("y"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from spectral import Spectral
-from spectral.evaluation import SINGLE_BATCH_MAX_ROWS, _single_batch, evaluate
+from spectral.evaluation import SINGLE_BATCH_MAX_ROWS, evaluate, fits_one_batch
 from tests.support.spectral import COMPILE
 
 
@@ -24,11 +24,11 @@ def model_and_data() -> tuple[keras.Model, np.ndarray, np.ndarray]:
     return model, x, y
 
 
-def test_single_batch_matches_evaluate(model_and_data) -> None:
+def testfits_one_batch_matches_evaluate(model_and_data) -> None:
     model, x, y = model_and_data
     weights = np.linspace(0.5, 2.0, len(y)).astype("float32")
     for data in ({"x": x, "y": y}, {"x": x, "y": y, "sample_weight": weights, "batch_size": 7}):
-        assert _single_batch(data)
+        assert fits_one_batch(data)
         want = model.evaluate(**data, return_dict=True, verbose=0)
         got = evaluate(model, data)
         assert set(got) == set(want)
@@ -56,7 +56,7 @@ def test_other_inputs_go_through_evaluate(model_and_data, data) -> None:
     if y_rows is not None:
         y = y[:y_rows]
     eval_dictionary = {"x": x, "y": y, **data}
-    assert not _single_batch(eval_dictionary)
+    assert not fits_one_batch(eval_dictionary)
     if y_rows is None and "steps" not in data:
         want = model.evaluate(**eval_dictionary, return_dict=True, verbose=0)
         assert evaluate(model, eval_dictionary)["loss"] == pytest.approx(float(want["loss"]))
