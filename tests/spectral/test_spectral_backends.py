@@ -44,6 +44,17 @@ small, report = prune(model, eval_dictionary={"x": x, "y": y}, compile_dictionar
                       compare_metric="loss", max_delta_percent=10, percentile_step=20)
 assert report.metric_after <= report.metric_before * 1.1 + 1e-6, report.to_dict()
 
+# Compression options, with an optimizer instance the result must not share.
+with_instance = {**compile_kwargs, "optimizer": keras.optimizers.Adam(1e-3)}
+rebuilt, report2 = prune(model, eval_dictionary={"x": x, "y": y},
+                         compile_dictionary=with_instance, compare_metric="loss",
+                         max_delta_percent=10, percentile_step=20, calibration={"x": x},
+                         reconstruct="least_squares", recover={"x": x, "epochs": 1},
+                         distill=True, steps=2)
+assert report2.reconstruction_errors and len(report2.rounds) == 2, report2.to_dict()
+assert rebuilt.optimizer is not with_instance["optimizer"]
+rebuilt.fit(x, y, epochs=1, verbose=0)
+
 path = sys.argv[1] + "/jax.keras"
 pruned.save(path)
 loaded = keras.saving.load_model(path, safe_mode=True)
