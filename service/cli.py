@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -53,9 +54,10 @@ def _needs_service_extra(command: str) -> Iterator[None]:
     try:
         yield
     except ModuleNotFoundError as exc:
+        # Escaped: rich would read "[service]" as markup and drop it.
         console.print(
             f"[bold red]error[/]: `spectral {command}` needs the service extra "
-            f"({exc.name} is not installed): {SERVICE_EXTRA}"
+            f"({exc.name} is not installed): {escape(SERVICE_EXTRA)}"
         )
         raise typer.Exit(code=2) from exc
 
@@ -172,12 +174,60 @@ def worker(
     os.execv(sys.executable, argv)
 
 
-def _read_npz(path: Path) -> dict[str, Any]:
-    """Arrays of an ``.npz`` file, loaded without pickle."""
+def _read_npz(path: Path, *required: str) -> dict[str, Any]:
+    """Arrays of an ``.npz`` file, loaded without pickle; ValueError when one is missing."""
     import numpy as np
 
     with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+        arrays = {name: archive[name] for name in archive.files}
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        raise ValueError(f"{path} needs arrays {list(required)}. Missing: {missing}")
+    return arrays
+
+
+def _compression_options(
+    data: dict[str, Any] | None,
+    calibration: Path | None,
+    *,
+    reconstruct: str | None,
+    recover_epochs: int | None,
+    distill: bool,
+    temperature: float,
+    steps: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    """`spectral.prune`'s reconstruction, recovery and gradual options from the CLI's.
+
+    Calibration rows come from --calibration, else from --data's x; recovery trains on --data.
+    The library checks the combinations and names what is missing.
+    """
+    # Only the options given: plain pruning stays the library's exact default.
+    options: dict[str, Any] = {"steps": steps} if steps != 1 else {}
+    if reconstruct is not None:
+        options["reconstruct"] = reconstruct
+        if calibration is not None:
+            options["calibration"] = {"x": _read_npz(calibration, "x")["x"]}
+        elif data is not None:
+            options["calibration"] = {"x": data["x"]}
+        else:
+            raise ValueError("--reconstruct needs calibration rows: pass --calibration or --data")
+    elif calibration is not None:
+        raise ValueError("--calibration is only used by --reconstruct")
+    if distill and recover_epochs is None:
+        raise ValueError("--distill trains on the unpruned model's outputs: pass --recover-epochs")
+    if recover_epochs is not None:
+        if data is None:
+            raise ValueError("--recover-epochs trains on --data: pass an .npz with x and y")
+        options["recover"] = {
+            "x": data["x"],
+            "y": data["y"],
+            "epochs": recover_epochs,
+            "batch_size": batch_size,
+        }
+        if distill:
+            options.update(distill=True, temperature=temperature)
+    return options
 
 
 @app.command()
@@ -200,6 +250,25 @@ def prune(
     report: Annotated[
         Path | None, typer.Option(help="Also write the pruning report as JSON here.")
     ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            help=".npz with array x: calibration rows for --reconstruct (default --data)."
+        ),
+    ] = None,
+    reconstruct: Annotated[
+        str | None,
+        typer.Option(help='Re-fit consumers of removed nodes: "least_squares" or "mean".'),
+    ] = None,
+    recover_epochs: Annotated[
+        int | None, typer.Option(help="Train the pruned model this many epochs on --data.")
+    ] = None,
+    distill: Annotated[
+        bool, typer.Option(help="Recovery also trains on the unpruned model's outputs.")
+    ] = False,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 2.0,
+    steps: Annotated[int, typer.Option(help="Remove the nodes in this many rounds.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Batch size of recovery training.")] = 32,
 ) -> None:
     """Prunes a .keras file locally, without a server (e.g. in a CI step before deploy)."""
     import keras
@@ -208,13 +277,8 @@ def prune(
 
     _configure_logging()
     try:
-        eval_dictionary = None
-        if data is not None:
-            arrays = _read_npz(data)
-            missing = sorted({"x", "y"} - set(arrays))
-            if missing:
-                raise ValueError(f"{data} needs arrays x and y. Missing: {missing}")
-            eval_dictionary = {"x": arrays["x"], "y": arrays["y"]}
+        arrays = _read_npz(data, "x", "y") if data is not None else None
+        eval_dictionary = None if arrays is None else {"x": arrays["x"], "y": arrays["y"]}
         loaded = keras.saving.load_model(model, safe_mode=True)
         pruned, result = spectral.prune(
             loaded,
@@ -225,9 +289,19 @@ def prune(
             percentile_step=percentile_step,
             scope=scope,
             min_units=min_units,
+            **_compression_options(
+                arrays,
+                calibration,
+                reconstruct=reconstruct,
+                recover_epochs=recover_epochs,
+                distill=distill,
+                temperature=temperature,
+                steps=steps,
+                batch_size=batch_size,
+            ),
         )
     except (ValueError, OSError) as exc:
-        console.print(f"[bold red]error[/]: {exc}")
+        console.print(f"[bold red]error[/]: {escape(str(exc))}")
         raise typer.Exit(code=2) from exc
     pruned.save(output)
     summary = result.to_dict()

@@ -90,6 +90,9 @@ def run_job(claim: state.Claim, settings: Settings) -> tuple[int, dict[str, Any]
     report = {
         **result.report.to_dict(),
         **measure(inputs, result.model, data, latency_batch, latency_before),
+        # Which uploads calibrated and retrained it; the library reports the rest.
+        "calibration_dataset": claim.params.calibration_dataset,
+        "recover_dataset": claim.params.recover_dataset,
         "job_id": claim.job_id,
         "attempt": claim.attempt,
     }
@@ -103,14 +106,18 @@ def run_job(claim: state.Claim, settings: Settings) -> tuple[int, dict[str, Any]
 
 @dataclass(frozen=True)
 class JobInputs:
-    """What a job works on: the model version, its loaded model, the dataset and how to compile."""
+    """What a job works on: the model version and its model, how to compile it, and the arrays
+    of the job's dataset, calibration dataset and recovery dataset (each None when unused)."""
 
     record: VersionRecord
     model: Any
-    x: np.ndarray | None
-    y: np.ndarray | None
     compile_kwargs: dict[str, Any] | None
     batch_size: int
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    calibration_x: np.ndarray | None = None
+    recover_x: np.ndarray | None = None
+    recover_y: np.ndarray | None = None
 
     @property
     def eval_dictionary(self) -> dict[str, Any] | None:
@@ -134,7 +141,8 @@ class JobInputs:
 def load_inputs(
     claim: state.Claim, registry: Registry, settings: Settings, progress: JobProgress
 ) -> JobInputs:
-    """The model version, its model, the dataset (checked against the model) and compile kwargs."""
+    """The model version, its model, its compile kwargs, and every dataset the job reads
+    (each loaded once and checked against the model's input)."""
     params = claim.params
     progress.step(0.02, "loading model")
     record = registry.resolve(claim.model_id, claim.version)
@@ -142,13 +150,25 @@ def load_inputs(
         record.compile_config, f"Model {record.model_id!r} version {record.version}"
     )
     model = load_model_bytes(registry.read_artifact(record))
-    x = y = None
-    if params.dataset_id is not None:
-        progress.step(0.05, "loading dataset")
+    arrays: dict[str | None, tuple[Any, Any]] = {None: (None, None)}
+    for dataset_id in params.dataset_ids:
+        progress.step(0.05, f"loading dataset {dataset_id}")
         with job_session(settings) as session:
-            x, y = load_dataset(session, dataset_store(settings), params.dataset_id)
-        _check_fits(model, x)
-    return JobInputs(record, model, x, y, compile_kwargs, params.batch_size)
+            arrays[dataset_id] = load_dataset(session, dataset_store(settings), dataset_id)
+        _check_fits(model, arrays[dataset_id][0])
+    x, y = arrays[params.dataset_id]
+    recover_x, recover_y = arrays[params.recover_dataset]
+    return JobInputs(
+        record,
+        model,
+        compile_kwargs,
+        params.batch_size,
+        x=x,
+        y=y,
+        calibration_x=arrays[params.calibration_dataset][0],
+        recover_x=recover_x,
+        recover_y=recover_y,
+    )
 
 
 def _check_fits(model: Any, x: np.ndarray) -> None:
@@ -170,6 +190,31 @@ def _common(params: PruneParams, progress: JobProgress) -> dict[str, Any]:
     return {"scope": params.scope, "min_units": params.min_units, "progress": progress.library}
 
 
+def _compression(inputs: JobInputs, params: PruneParams) -> dict[str, Any]:
+    """`spectral.prune`'s reconstruction, recovery and gradual options, where the job sets them.
+
+    The library reports progress per reconstructed layer and per recovery epoch through
+    ``progress``, and a cancel request raised there stops recovery between epochs.
+    """
+    options: dict[str, Any] = {}
+    if params.reconstruct is not None:
+        options["reconstruct"] = params.reconstruct
+        options["calibration"] = {"x": inputs.calibration_x}
+    if params.recover_epochs is not None:
+        options["recover"] = {
+            "x": inputs.recover_x,
+            "y": inputs.recover_y,
+            "epochs": params.recover_epochs,
+            "batch_size": inputs.batch_size,
+        }
+        options["distill"] = params.distill
+        if params.distill:
+            options["temperature"] = params.temperature
+    if params.steps > 1:
+        options["steps"] = params.steps
+    return options
+
+
 def _search(params: PruneParams) -> dict[str, Any]:
     return {
         "compare_metric": params.compare_metric,
@@ -189,6 +234,7 @@ def prune_percentile(
         compile_dictionary=inputs.compile_kwargs,
         compare_metric=params.compare_metric,
         higher_is_better=params.higher_is_better,
+        **_compression(inputs, params),
         **_common(params, progress),
     )
 
@@ -201,6 +247,7 @@ def prune_metric(
         eval_dictionary=inputs.eval_dictionary,
         compile_dictionary=inputs.compile_kwargs,
         **_search(params),
+        **_compression(inputs, params),
         **_common(params, progress),
     )
 

@@ -18,6 +18,9 @@ from service.model_loading import COMPILE_KEYS
 
 Method = Literal["percentile", "metric", "pretrain"]
 Scope = Literal["global", "layer"]
+Reconstruct = Literal["least_squares", "mean"]
+# The compression options `spectral.prune` takes; eigenvalue pretraining takes none of them.
+_COMPRESSION = ("reconstruct", "calibration_dataset", "recover_epochs", "distill", "steps")
 
 _COMPILE_EXAMPLE = (
     '{"optimizer": "adam", "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}'
@@ -74,6 +77,40 @@ class PruneParams(BaseModel):
         default=None,
         description="model.compile keyword arguments; default the artifact's own compile config.",
     )
+    reconstruct: Reconstruct | None = Field(
+        default=None,
+        description="Re-fit each consumer of removed nodes on calibration rows to reproduce the "
+        'unpruned pre-activations: "least_squares" or "mean". Default: exact folding only.',
+    )
+    calibration_dataset: str | None = Field(
+        default=None,
+        description="Dataset whose x calibrates the reconstruction; default dataset_id's.",
+    )
+    recover_epochs: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Train the compact model this many epochs after pruning (recovery).",
+    )
+    recover_dataset: str | None = Field(
+        default=None,
+        description="Dataset the recovery trains on; default dataset_id. With distill, its y "
+        "may be anything: the unpruned model's outputs are the soft targets.",
+    )
+    distill: bool = Field(
+        default=False,
+        description="Recovery also trains on the unpruned model's outputs (needs recover_epochs).",
+    )
+    temperature: float = Field(
+        default=2.0, gt=0, le=100, description="Distillation temperature (with distill)."
+    )
+    steps: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="Remove the nodes in this many rounds, with reconstruction and recovery "
+        "after each (gradual pruning).",
+    )
 
     @model_validator(mode="after")
     def _check_method(self) -> PruneParams:
@@ -89,7 +126,42 @@ class PruneParams(BaseModel):
                 raise ValueError(
                     f"compile accepts only {sorted(COMPILE_KEYS)}. Received keys: {unknown}"
                 )
+        self._check_compression()
         return self
+
+    def _check_compression(self) -> None:
+        # Defaults that depend on other fields are filled in here, once, so the recorded
+        # parameters say which dataset each step used.
+        used = [name for name in _COMPRESSION if name in self.model_fields_set]
+        if self.method == "pretrain" and used:
+            raise ValueError(
+                f"method=pretrain does not take {used}: use method=percentile or metric"
+            )
+        if self.reconstruct is None and self.calibration_dataset is not None:
+            raise ValueError(
+                "calibration_dataset is only used by reconstruct: set reconstruct to "
+                '"least_squares" or "mean"'
+            )
+        if self.reconstruct is not None:
+            self.calibration_dataset = self.calibration_dataset or self.dataset_id
+            if self.calibration_dataset is None:
+                raise ValueError(
+                    f"reconstruct={self.reconstruct} re-fits layers on calibration rows: pass "
+                    "calibration_dataset or dataset_id (upload via POST /datasets)"
+                )
+        if self.recover_epochs is None and self.recover_dataset is not None:
+            raise ValueError("recover_dataset is only used by recovery: set recover_epochs")
+        if self.recover_epochs is not None:
+            self.recover_dataset = self.recover_dataset or self.dataset_id
+            if self.recover_dataset is None:
+                raise ValueError(
+                    "recover_epochs trains the pruned model: pass recover_dataset or "
+                    "dataset_id (upload via POST /datasets)"
+                )
+        if self.distill and self.recover_epochs is None:
+            raise ValueError("distill trains on the unpruned model's outputs: set recover_epochs")
+        if "temperature" in self.model_fields_set and not self.distill:
+            raise ValueError("temperature is only used by distill: set distill=true")
 
     @property
     def searches(self) -> bool:
@@ -105,7 +177,17 @@ class PruneParams(BaseModel):
             unused |= {"epochs", "fine_tune_epochs", "eigenvalues_only"}
         if self.dataset_id is None:
             unused |= {"compare_metric", "higher_is_better"}
+        if not self.distill:
+            unused |= {"distill", "temperature"}
+        if self.steps == 1:
+            unused.add("steps")
         return self.model_dump(exclude=unused, exclude_none=True)
+
+    @property
+    def dataset_ids(self) -> list[str]:
+        """Every dataset the job reads, each once."""
+        ids = (self.dataset_id, self.calibration_dataset, self.recover_dataset)
+        return list(dict.fromkeys(i for i in ids if i is not None))
 
     def compile_for(self, saved: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
         """The ``model.compile`` kwargs the job uses: ``compile``, else the version's own.
@@ -115,13 +197,14 @@ class PruneParams(BaseModel):
             what: The model version, as error messages name it.
 
         Raises:
-            CompileConfigMissing: a dataset must be evaluated and nothing says how to compile.
+            CompileConfigMissing: a dataset must be evaluated, or the model trained, and
+                nothing says how to compile.
         """
         config = self.compile or saved
-        if config is None and self.dataset_id is not None:
+        if config is None and (self.dataset_id is not None or self.recover_epochs is not None):
             raise CompileConfigMissing(
                 f"{what} was saved without a compile config, so the dataset cannot be "
-                f"evaluated: pass `compile`, e.g. {_COMPILE_EXAMPLE}"
+                f"evaluated or trained on: pass `compile`, e.g. {_COMPILE_EXAMPLE}"
             )
         return config
 
@@ -141,7 +224,9 @@ class PruneRequest(PruneParams):
 
     def params(self) -> PruneParams:
         """The pruning parameters, without the model reference."""
-        return PruneParams.model_validate(self.model_dump(exclude={"model_id", "version", "alias"}))
+        # Only what was set: the checks that look at which fields a client gave see the same.
+        fields = self.model_dump(exclude={"model_id", "version", "alias"}, exclude_unset=True)
+        return PruneParams.model_validate(fields)
 
     def fingerprint(self) -> str:
         """Stable hash of the request, to tell a retried request from a different one."""

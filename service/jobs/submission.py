@@ -55,9 +55,9 @@ def submit_job(
         BrokerUnavailable: the message could not be sent (the job is then failed).
     """
     record = registry.resolve(request.model_id, request.version, request.alias)
-    if request.dataset_id is not None:
-        with registry.database.session() as session:
-            get_dataset(session, request.dataset_id)
+    with registry.database.session() as session:
+        for dataset_id in request.dataset_ids:
+            get_dataset(session, dataset_id)
     what = f"Model {record.model_id!r} version {record.version}"
     request.compile_for(record.compile_config, what)
     with registry.database.session() as session:

@@ -130,3 +130,52 @@ def test_bad_jobs_fail_clearly(
     assert "Dataset x has samples of shape [10] but the model expects [64]" in job["error"]
     assert versions(api, name) == [1]
     assert get_job(api, job_id)["attempts"] == 1  # a bad input is not retried
+
+
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
+def test_reconstruct_job_end_to_end(
+    stack: str, digits_model_path: Path, digits_data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """A percentile job that re-fits the consumers on a calibration upload, through a real
+    worker: the new version is the library's reconstructed model, and the report says so."""
+    api = stack
+    x, y = digits_data
+    name = f"digits-{uuid.uuid4().hex[:8]}"
+    upload_model(api, name, digits_model_path)
+    dataset_id = upload_dataset(api, x[:300], y[:300])
+    calibration_id = upload_dataset(api, x[300:800], y[300:800])
+
+    refused = submit(api, {"model_id": name, "percentile": 60, "reconstruct": "least_squares"})
+    assert refused.status_code == 422
+    assert "pass calibration_dataset or dataset_id" in refused.json()["error"]["message"]
+    unknown = submit(
+        api,
+        {"model_id": name, "percentile": 60, "reconstruct": "mean", "calibration_dataset": "ds_x"},
+    )
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "dataset_not_found")
+
+    body = {
+        "model_id": name,
+        "method": "percentile",
+        "percentile": 60,
+        "dataset_id": dataset_id,
+        "reconstruct": "least_squares",
+        "calibration_dataset": calibration_id,
+    }
+    job = wait_for(api, submit_ok(api, body))
+    assert job["status"] == "succeeded", job
+    assert job["params"]["reconstruct"] == "least_squares"
+    report = job["report"]
+    assert report["reconstruction_method"] == "least_squares"
+    assert (report["calibration_rows"], report["calibration_dataset"]) == (500, calibration_id)
+    assert report["metric_before"] is not None and report["metric_after"] is not None
+    expected, _ = spectral.prune(
+        keras.saving.load_model(digits_model_path),
+        percentile=60,
+        calibration={"x": x[300:800]},
+        reconstruct="least_squares",
+    )
+    np.testing.assert_allclose(
+        predict(api, name, 2, x[:32]), expected.predict(x[:32], verbose=0), rtol=1e-4, atol=1e-5
+    )
+    assert httpx.get(f"{api}/models/{name}/versions/2").json()["lineage"]["params"] == job["params"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.support.api import REPO_ROOT, child_env, launch_api, stop_api
 
@@ -81,6 +82,76 @@ def test_prune_command_writes_a_smaller_model_and_report(
     np.testing.assert_allclose(
         small.predict(x[:16], verbose=0), expected.predict(x[:16], verbose=0), atol=1e-5
     )
+
+
+def test_prune_command_reconstructs_on_calibration_rows(
+    tmp_path: Path, digits_model_path: Path, digits_data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    import json
+
+    import keras
+
+    import spectral
+
+    x, y = digits_data
+    np.savez(tmp_path / "val.npz", x=x[:300], y=y[:300])
+    np.savez(tmp_path / "calibration.npz", x=x[300:800])
+    out, report = tmp_path / "small.keras", tmp_path / "report.json"
+    result = _cli(
+        "prune",
+        str(digits_model_path),
+        str(out),
+        "--percentile",
+        "60",
+        "--data",
+        str(tmp_path / "val.npz"),
+        "--calibration",
+        str(tmp_path / "calibration.npz"),
+        "--reconstruct",
+        "least_squares",
+        "--report",
+        str(report),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(report.read_text())
+    assert summary["reconstruction_method"] == "least_squares"
+    assert summary["calibration_rows"] == 500
+    errors = summary["reconstruction_errors"]
+    assert errors and all(e["after"] <= e["before"] for e in errors.values()), errors
+    original = keras.saving.load_model(digits_model_path, safe_mode=True)
+    expected, _ = spectral.prune(
+        original, percentile=60, calibration={"x": x[300:800]}, reconstruct="least_squares"
+    )
+    small = keras.saving.load_model(out, safe_mode=True)
+    np.testing.assert_allclose(
+        small.predict(x[:16], verbose=0), expected.predict(x[:16], verbose=0), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--reconstruct", "least_squares"], "--reconstruct needs calibration rows"),
+        (["--distill"], "--distill trains on the unpruned model's outputs"),
+        (["--recover-epochs", "2"], "--recover-epochs trains on --data"),
+        (["--reconstruct", "svd", "--data", "{val}"], "reconstruct"),
+    ],
+)
+def test_prune_command_explains_bad_compression_options(
+    tmp_path: Path,
+    digits_model_path: Path,
+    digits_data: tuple[np.ndarray, np.ndarray],
+    args: list[str],
+    message: str,
+) -> None:
+    x, y = digits_data
+    np.savez(tmp_path / "val.npz", x=x[:50], y=y[:50])
+    args = [arg.format(val=tmp_path / "val.npz") for arg in args]
+    out = tmp_path / "o.keras"
+    result = _cli("prune", str(digits_model_path), str(out), "--percentile", "40", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
 
 
 def test_prune_command_reports_bad_input(tmp_path: Path, digits_model_path: Path) -> None:

@@ -18,7 +18,7 @@ from service.jobs.params import PruneRequest
 from service.jobs.table import Job, get_job
 from service.registry import Registry
 from service.settings import Settings
-from tests.support.digits import build_digits_model, digits_npz, keras_bytes
+from tests.support.digits import build_digits_model, digits, digits_npz, keras_bytes
 from worker.runner import execute_job
 
 
@@ -163,4 +163,77 @@ def test_cancel_stops_a_running_pretraining(env: tuple[Settings, Registry]) -> N
     job = _job(registry, job_id)
     assert job.status == "cancelled" and job.finished_at is not None
     assert time.monotonic() - started < 60
+    assert [v.version for v in registry.get_model("digits").versions] == [1]
+
+
+def test_reconstruct_job_records_its_options_and_matches_the_library(
+    env: tuple[Settings, Registry],
+) -> None:
+    settings, registry = env
+    dataset_id = _dataset(settings, registry, digits_npz(n=400))
+    job_id = _submit(
+        settings,
+        registry,
+        method="percentile",
+        percentile=60,
+        dataset_id=dataset_id,
+        reconstruct="least_squares",
+    )
+    execute_job(job_id, settings)
+    job = _job(registry, job_id)
+    assert job.status == "succeeded", job.error
+    assert job.params["reconstruct"] == "least_squares"
+    assert job.params["calibration_dataset"] == dataset_id  # defaulted to the job's dataset
+    report = job.report
+    assert report is not None
+    assert report["reconstruction_method"] == "least_squares"
+    assert report["calibration_rows"] == 400 and report["calibration_dataset"] == dataset_id
+    errors = report["reconstruction_errors"]
+    assert errors and all(e["after"] <= e["before"] for e in errors.values()), errors
+
+    x, y = digits()
+    original = registry.load_keras_model(registry.resolve("digits", 1))
+    expected, _ = spectral.prune(
+        original, percentile=60, calibration={"x": x[:400]}, reconstruct="least_squares"
+    )
+    np.testing.assert_allclose(
+        registry.load_keras_model(registry.resolve("digits", 2)).predict(x[:64], verbose=0),
+        expected.predict(x[:64], verbose=0),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_recovery_reports_each_epoch_and_cancels_between_epochs(
+    env: tuple[Settings, Registry],
+) -> None:
+    settings, registry = env
+    dataset_id = _dataset(settings, registry, digits_npz(n=200))
+    job_id = _submit(
+        settings,
+        registry,
+        method="percentile",
+        percentile=50,
+        dataset_id=dataset_id,
+        recover_epochs=5000,
+        distill=True,
+        temperature=3.0,
+    )
+    runner = threading.Thread(target=execute_job, args=(job_id, settings))
+    runner.start()
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + 120
+    while len(seen) < 3 and time.monotonic() < deadline:
+        job = _job(registry, job_id)
+        if "epoch" in job.step:
+            seen[job.step] = job.progress
+        time.sleep(0.05)
+    assert len(seen) >= 3, f"no per-epoch progress: {_job(registry, job_id).step}"
+    fractions = list(seen.values())
+    assert fractions == sorted(fractions) and fractions[0] < fractions[-1]
+    with registry.database.session() as session:
+        state.request_cancel(session, job_id)
+    runner.join(timeout=120)
+    job = _job(registry, job_id)
+    assert job.status == "cancelled", (job.status, job.error)
     assert [v.version for v in registry.get_model("digits").versions] == [1]

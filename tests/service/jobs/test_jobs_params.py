@@ -81,3 +81,70 @@ def test_queue_routes_by_method() -> None:
     assert settings.queue_for("metric") == "gpu"
     assert settings.queue_for("percentile") == "cpu"
     assert settings.all_queues == ["cpu", "gpu"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"reconstruct": "mean"}, "pass calibration_dataset or dataset_id"),
+        ({"reconstruct": "svd", "dataset_id": "ds_1"}, "'least_squares' or 'mean'"),
+        ({"calibration_dataset": "ds_1"}, "calibration_dataset is only used by reconstruct"),
+        ({"recover_epochs": 2}, "pass recover_dataset or dataset_id"),
+        ({"recover_epochs": 0, "dataset_id": "ds_1"}, "greater than or equal to 1"),
+        ({"recover_dataset": "ds_1"}, "recover_dataset is only used by recovery"),
+        ({"distill": True, "dataset_id": "ds_1"}, "distill .* set recover_epochs"),
+        ({"temperature": 3.0}, "temperature is only used by distill"),
+        ({"temperature": 0, "distill": True, "recover_epochs": 1, "dataset_id": "d"}, "greater"),
+        ({"steps": 0}, "greater than or equal to 1"),
+        (
+            {"method": "pretrain", "dataset_id": "ds_1", "reconstruct": "mean"},
+            r"method=pretrain does not take \['reconstruct'\]",
+        ),
+    ],
+)
+def test_compression_options_are_checked(body: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _request(**body)
+
+
+def test_compression_datasets_default_to_the_jobs_dataset() -> None:
+    params = _request(dataset_id="ds_1", reconstruct="least_squares", recover_epochs=3).params()
+    assert (params.calibration_dataset, params.recover_dataset) == ("ds_1", "ds_1")
+    assert params.dataset_ids == ["ds_1"]
+    own = _request(
+        reconstruct="mean",
+        calibration_dataset="ds_c",
+        recover_epochs=1,
+        recover_dataset="ds_r",
+        distill=True,
+        temperature=4.0,
+        steps=3,
+    ).params()
+    assert own.dataset_ids == ["ds_c", "ds_r"]
+    recorded = own.recorded()
+    assert {
+        key: recorded[key]
+        for key in (
+            "reconstruct",
+            "calibration_dataset",
+            "recover_epochs",
+            "recover_dataset",
+            "distill",
+            "temperature",
+            "steps",
+        )
+    } == {
+        "reconstruct": "mean",
+        "calibration_dataset": "ds_c",
+        "recover_epochs": 1,
+        "recover_dataset": "ds_r",
+        "distill": True,
+        "temperature": 4.0,
+        "steps": 3,
+    }
+    assert PruneParams.model_validate(recorded) == own
+
+
+def test_recovery_needs_a_compile_config() -> None:
+    with pytest.raises(CompileConfigMissing, match="evaluated or trained on"):
+        _request(recover_epochs=2, recover_dataset="ds_r").compile_for(None, "m v1")
