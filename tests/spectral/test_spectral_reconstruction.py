@@ -46,6 +46,13 @@ def _pre_activation(model: keras.Model, name: str, x: np.ndarray) -> np.ndarray:
     return out if layer.bias is None else out + np.asarray(layer.bias, dtype=np.float64)
 
 
+def _names(model: keras.Model) -> tuple[str, str, str]:
+    """The trained model's layer names: Keras numbers automatic names per process, so the
+    names depend on what the session built before."""
+    first, second, head = (layer.name for layer in model.layers)
+    return first, second, head
+
+
 def _kept(original: Spectral, pruned: Spectral) -> np.ndarray:
     # The fixtures' eigenvalues are distinct, so membership identifies the kept nodes.
     return np.flatnonzero(np.isin(original.eigenvalues, pruned.eigenvalues))
@@ -94,9 +101,10 @@ def test_least_squares_reduces_each_consumers_error(
     x_train = digits[0]
     pruned = _prune(trained_model)
     result = reconstruct(trained_model, pruned, x_train)
+    _, second, head = _names(trained_model)
     # Spectral -> Spectral -> Dense: both later layers lost inputs.
-    assert [e.layer for e in result.layers] == ["spectral_1", "dense"]
-    assert result.reconstructed == ["spectral_1", "dense"]
+    assert [e.layer for e in result.layers] == [second, head]
+    assert result.reconstructed == [second, head]
     assert result.rows == len(x_train)
     for entry in result.layers:
         assert entry.error_after < 0.5 * entry.error_before, entry
@@ -105,7 +113,7 @@ def test_least_squares_reduces_each_consumers_error(
         original = _pre_activation(trained_model, entry.layer, x_train)
         target_nodes = (
             _kept(trained_model.get_layer(entry.layer), pruned.get_layer(entry.layer))
-            if entry.layer == "spectral_1"
+            if entry.layer == second
             else np.arange(original.shape[1])
         )
         target = original[:, target_nodes]
@@ -145,25 +153,26 @@ def test_exact_layer_keeps_its_weights(
     """Removed nodes without outgoing weights: the sliced model is already exact."""
     model = keras.models.clone_model(trained_model)
     model.set_weights(trained_model.get_weights())
-    first, second = model.get_layer("spectral"), model.get_layer("spectral_1")
+    first, second, _ = _names(model)
+    source, consumer = model.get_layer(first), model.get_layer(second)
     silent = np.arange(0, 64, 4)
-    eigenvalues = first.eigenvalues.copy()
+    eigenvalues = source.eigenvalues.copy()
     eigenvalues[silent] = 1e-6 * (1 + np.arange(silent.size))  # the smallest, so removed first
-    first.diag_end.assign(eigenvalues[None, :].astype("float32"))
-    base = np.array(second.base)
+    source.diag_end.assign(eigenvalues[None, :].astype("float32"))
+    base = np.array(consumer.base)
     base[silent] = 0.0  # ... and nothing reads them
-    second.base.assign(base)
+    consumer.base.assign(base)
     # 14 of 112 nodes: the cutoff lands among the silenced ones.
     pruned = spectral.prune_percentile(model, 100 * 14 / 112, COMPILE, scope="global")
-    assert pruned.get_layer("spectral").units < 64
-    assert pruned.get_layer("spectral_1").units == 48
-    before = [np.array(w) for w in pruned.get_layer("spectral_1").weights]
+    assert pruned.get_layer(first).units < 64
+    assert pruned.get_layer(second).units == 48
+    before = [np.array(w) for w in pruned.get_layer(second).weights]
     result = reconstruct(model, pruned, digits[0])
     (entry,) = result.layers
-    assert entry.layer == "spectral_1"
+    assert entry.layer == second
     assert entry.error_before < 1e-6
     assert entry.error_after < 1e-6
-    for old, new in zip(before, pruned.get_layer("spectral_1").weights, strict=True):
+    for old, new in zip(before, pruned.get_layer(second).weights, strict=True):
         np.testing.assert_allclose(np.array(new), old, rtol=1e-4, atol=1e-6)
 
 
@@ -241,8 +250,9 @@ def test_chunks_give_the_same_fit_as_one_pass(
 def test_near_zero_eigenvalue_difference_keeps_that_entry(
     trained_model: keras.Model, digits: tuple[np.ndarray, ...]
 ) -> None:
+    _, second, _ = _names(trained_model)
     pruned = _prune(trained_model)
-    consumer = pruned.get_layer("spectral_1")
+    consumer = pruned.get_layer(second)
     start, end = consumer.return_diag()
     start[0, 0] = end[0, 3]  # kernel[0, 3] = base[0, 3] * 0: base cannot express a change
     consumer.diag_start.assign(start)
@@ -263,43 +273,45 @@ def test_equal_eigenvalues_need_the_kept_nodes_passed(
     model = keras.models.clone_model(trained_model)
     model.set_weights(trained_model.get_weights())
     pruned = _prune(model)
-    layer = model.get_layer("spectral_1")
-    kept = _kept(layer, pruned.get_layer("spectral_1"))
+    _, second, head = _names(model)
+    layer = model.get_layer(second)
+    kept = _kept(layer, pruned.get_layer(second))
     removed = np.setdiff1d(np.arange(layer.units), kept)
     # A removed node now has a kept node's eigenvalue: which one survived cannot be told.
     eigenvalues = layer.eigenvalues.copy()
     eigenvalues[removed[0]] = eigenvalues[kept[0]]
     layer.diag_end.assign(eigenvalues[None, :].astype("float32"))
     result = reconstruct(model, pruned, digits[0])
-    assert "ambiguous" in result.skipped["spectral_1"]
-    assert "pass keep=" in result.skipped["spectral_1"]
-    result = reconstruct(model, pruned, digits[0], keep={"spectral_1": kept})
-    assert result.reconstructed == ["spectral_1", "dense"]
+    assert "ambiguous" in result.skipped[second]
+    assert "pass keep=" in result.skipped[second]
+    result = reconstruct(model, pruned, digits[0], keep={second: kept})
+    assert result.reconstructed == [second, head]
 
 
 def test_mean_compensation_folds_mean_activations_into_the_bias(
     trained_model: keras.Model, digits: tuple[np.ndarray, ...]
 ) -> None:
     x_train = digits[0]
+    first, second, _ = _names(trained_model)
     pruned = _prune(trained_model)
-    kernel_before = np.array(pruned.get_layer("spectral_1").kernel)
+    kernel_before = np.array(pruned.get_layer(second).kernel)
     result = reconstruct(trained_model, pruned, x_train, method="mean")
     assert result.method == "mean"
     for entry in result.layers:
         assert entry.status == "reconstructed"
         assert entry.error_after < entry.error_before, entry
     # First consumer, inputs not re-fitted: bias = b + mean(removed activations) @ W[removed].
-    original = trained_model.get_layer("spectral_1")
-    kept_in = _kept(trained_model.get_layer("spectral"), pruned.get_layer("spectral"))
-    kept_out = _kept(original, pruned.get_layer("spectral_1"))
+    original = trained_model.get_layer(second)
+    kept_in = _kept(trained_model.get_layer(first), pruned.get_layer(first))
+    kept_out = _kept(original, pruned.get_layer(second))
     removed = np.setdiff1d(np.arange(64), kept_in)
     activations = _predict(keras.Model(trained_model.inputs[0], original.input), x_train)
     kernel = np.array(original.kernel, dtype=np.float64)[:, kept_out]
     expected = np.array(original.bias)[kept_out] + activations[:, removed].mean(0) @ kernel[removed]
-    np.testing.assert_allclose(np.array(pruned.get_layer("spectral_1").bias), expected, atol=1e-4)
+    np.testing.assert_allclose(np.array(pruned.get_layer(second).bias), expected, atol=1e-4)
     # The kernel itself is kept.
     np.testing.assert_allclose(
-        np.array(pruned.get_layer("spectral_1").kernel), kernel_before, rtol=1e-5, atol=1e-6
+        np.array(pruned.get_layer(second).kernel), kernel_before, rtol=1e-5, atol=1e-6
     )
 
 
@@ -361,11 +373,12 @@ def test_masked_nodes_of_a_refitted_layer_stay_masked(digits: tuple[np.ndarray, 
 
 
 def test_report_is_json(trained_model: keras.Model, digits: tuple[np.ndarray, ...]) -> None:
+    _, second, head = _names(trained_model)
     result = reconstruct(trained_model, _prune(trained_model), digits[0][:500], chunk_size=128)
     report = json.loads(json.dumps(result.to_dict()))
     assert report["method"] == "least_squares"
     assert report["rows"] == 500
-    assert [layer["layer"] for layer in report["layers"]] == ["spectral_1", "dense"]
+    assert [layer["layer"] for layer in report["layers"]] == [second, head]
     assert {layer["status"] for layer in report["layers"]} == {"reconstructed"}
     assert all(layer["error_after"] < layer["error_before"] for layer in report["layers"])
     assert 0 < report["seconds"] < 60
@@ -374,13 +387,14 @@ def test_report_is_json(trained_model: keras.Model, digits: tuple[np.ndarray, ..
 def test_progress_is_called_per_layer_and_can_cancel(
     trained_model: keras.Model, digits: tuple[np.ndarray, ...]
 ) -> None:
+    _, second, head = _names(trained_model)
     calls: list[tuple[float, str]] = []
     reconstruct(
         trained_model, _prune(trained_model), digits[0], progress=lambda f, m: calls.append((f, m))
     )
     assert [message for _, message in calls] == [
-        "reconstructing spectral_1",
-        "reconstructing dense",
+        f"reconstructing {second}",
+        f"reconstructing {head}",
         "reconstruction done",
     ]
 
