@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API, in families per resource.
 
-``POST /prune`` takes the domain's own `PruneRequest`, so the API and the worker validate job
-parameters with one class.
+``POST /prune`` takes the domain's own `service.jobs.params.PruneRequest` as its body, so the
+API and the worker validate job parameters with one class.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.datasets import Dataset
-from service.jobs.params import Method, PruneRequest
+from service.jobs.params import Method
 from service.jobs.table import Job, JobStatus
 from service.versions import ModelRecord, VersionRecord
-
-__all__ = ["PruneRequest"]
 
 
 class TensorSpec(BaseModel):

@@ -11,8 +11,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Response
 
 from service.api.deps import BrokerDep, RegistryDep, SettingsDep, require_read, require_write
-from service.api.schemas import JobAccepted, JobPublic, JobsPublic, PruneRequest
+from service.api.schemas import JobAccepted, JobPublic, JobsPublic
 from service.jobs import state, submission, table
+from service.jobs.params import PruneRequest
 from service.jobs.table import JobStatus
 
 router = APIRouter(tags=["jobs"])
