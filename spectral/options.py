@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import keras
 import numpy as np
+
+from spectral.calibration import count_rows
 
 RECONSTRUCT_METHODS = ("least_squares", "mean")
 RECOVER_KEYS = ("x", "y", "epochs", "batch_size")
@@ -56,15 +57,7 @@ class CompressionOptions:
 
     @property
     def calibration_rows(self) -> int | None:
-        return None if self.calibration_x is None else rows_of(self.calibration_x)
-
-
-def rows_of(x: Any) -> int:
-    """Rows of an array, or of the first array of a list/dict of arrays (0 when empty)."""
-    leaves = keras.tree.flatten(x)
-    if not leaves or np.ndim(leaves[0]) == 0:
-        return 0
-    return int(np.shape(leaves[0])[0])
+        return None if self.calibration_x is None else count_rows(self.calibration_x)
 
 
 def _describe(value: Any) -> str:
@@ -90,7 +83,7 @@ def _check_calibration(calibration: Any) -> Any:
             "`calibration` must be a dict with exactly one entry, `x` (calibration inputs). "
             f"Received: calibration={_describe(calibration)}"
         )
-    if calibration["x"] is None or rows_of(calibration["x"]) == 0:
+    if calibration["x"] is None or count_rows(calibration["x"]) == 0:
         raise ValueError(
             "`calibration['x']` must hold at least one row. "
             f"Received: calibration={_describe(calibration)}"

@@ -19,9 +19,9 @@ import numpy as np
 from keras import ops
 
 from spectral.activations import activation_name
+from spectral.calibration import count_rows, slice_rows
 from spectral.compiling import compile_arguments
 from spectral.keras_graph import is_graph_model
-from spectral.reconstruction import count_rows, slice_rows
 from spectral.search import Progress, notify
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,8 @@ A `ConsumerRule` owns every way one layer type is involved: whether it can take 
 at all (`supports`), how the kept set and the removed nodes' constants propagate through it
 (`propagate`), how its config and weights change (`clone_config`, `slice_weights`), how a
 removed node's constant act(0) is folded into its bias (`bias_fold`), and, for layers that are
-an affine map of their input, the map reconstruction re-fits (`linear_map`, `set_linear_map`).
+an affine map of their input, the map reconstruction re-fits (`linear_map`, `held_entries`,
+`set_linear_map`).
 """
 
 from __future__ import annotations
@@ -112,6 +113,17 @@ class ConsumerRule:
         `None` (the default) means the layer is not an affine map reconstruction can re-fit.
         """
         return None
+
+    def held_entries(self, layer: Any) -> np.ndarray:
+        """For reconstruction: the kernel entries `set_linear_map` cannot change (a boolean mask).
+
+        Reconstruction holds them at their value and solves the rest of each column given them.
+        Default: none (a layer whose linear map is not `None` can take any kernel).
+        """
+        linear = self.linear_map(layer)
+        if linear is None:
+            raise NotImplementedError(f"{type(self).__name__} has no linear map to set.")
+        return np.zeros(linear[0].shape, dtype=bool)
 
     def set_linear_map(self, layer: Any, kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         """For reconstruction: makes the layer compute `x @ kernel + bias` before activating.

@@ -2,7 +2,7 @@
 
 Removing input feature i deletes row i of the kernel; the removed feature's constant times that
 row is the same for every example, so it moves into the bias. These layers are also what
-reconstruction re-fits, through `linear_map` / `set_linear_map`.
+reconstruction re-fits, through `linear_map`, `held_entries` and `set_linear_map`.
 """
 
 from __future__ import annotations
@@ -157,18 +157,26 @@ class SpectralRule(LinearRule):
             base, diag_end, bias = base[:, plan.keep], diag_end[:, plan.keep], bias[plan.keep]
         return {"base": base, "diag_start": diag_start, "diag_end": diag_end, "bias": bias}
 
+    def held_entries(self, layer: Any) -> np.ndarray:
+        """Kernel entries whose `diag_start - diag_end` is ~0: no finite `base` changes them.
+
+        "~0" is below `EIGENVALUE_GAP_TOLERANCE` of the layer's largest gap magnitude.
+        """
+        w = weights_by_name(layer)
+        gap = np.abs((w["diag_start"] - w["diag_end"]).astype(np.float64))
+        scale = float(np.max(gap)) if gap.size else 0.0
+        return gap <= EIGENVALUE_GAP_TOLERANCE * scale
+
     def set_linear_map(self, layer: Any, kernel: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         """Solves `kernel = base * (diag_start - diag_end)` for `base`; eigenvalues stay fixed.
 
-        Where `diag_start - diag_end` is ~0 (below `EIGENVALUE_GAP_TOLERANCE` of its largest
-        magnitude) no finite `base` gives the requested entry, so `base` keeps its old value.
+        Where `held_entries` says the gap is ~0, `base` keeps its old value.
         """
         w = weights_by_name(layer)
         gap = (w["diag_start"] - w["diag_end"]).astype(np.float64)
-        scale = float(np.max(np.abs(gap))) if gap.size else 0.0
-        held = np.abs(gap) <= EIGENVALUE_GAP_TOLERANCE * scale
+        held = self.held_entries(layer)
         safe = np.where(held, 1.0, gap)
         base = np.where(held, w["base"], np.asarray(kernel, dtype=np.float64) / safe)
         layer.base.assign(base.astype(w["base"].dtype))
         _assign_bias(layer, bias)
-        return np.broadcast_to(held, np.shape(kernel)).copy()
+        return held
