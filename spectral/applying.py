@@ -114,6 +114,37 @@ def round_percentiles(percentile: float, steps: int) -> list[float]:
     return [min(100.0, max(0.0, q)) for q in out]
 
 
+def limit_removal(
+    spectra: ModelSpectra,
+    keep: dict[str, np.ndarray],
+    target: Mapping[str, int],
+    removed: Mapping[str, int],
+    share_done: float,
+    scope: str,
+) -> dict[str, np.ndarray]:
+    """`keep` with removed nodes put back so a round does not overshoot the gradual schedule.
+
+    A round's percentile removes at least one node whenever it is above 0 (the cutoff falls
+    between the two smallest values), so many small rounds would remove far more than asked.
+    After this round, at most `share_done` of `target` (path -> nodes the one-round selection
+    removes) may be gone, counted over all layers (`"global"`) or per layer (`"layer"`);
+    `removed` says how many already are. The largest |eigenvalues| are put back first.
+    """
+    keep = dict(keep)
+    groups = [list(keep)] if scope == "global" else [[path] for path in keep]
+    for paths in groups:
+        allowed = round(sum(target[p] for p in paths) * share_done) - sum(removed[p] for p in paths)
+        candidates = [
+            (float(abs(spectra.by_path[p].eigenvalues[i])), p, int(i))
+            for p in paths
+            for i in np.setdiff1d(np.arange(spectra.by_path[p].units), keep[p])
+        ]
+        candidates.sort(key=lambda c: c[0])
+        for _, path, index in candidates[max(allowed, 0) :]:
+            keep[path] = np.sort(np.append(keep[path], index))
+    return keep
+
+
 def apply_selection(
     model: keras.Model,
     spectra: ModelSpectra,
@@ -136,11 +167,15 @@ def apply_selection(
     applied = Applied(model=model, keep=dict(keep), masked_layers=[])
     masked_all: set[str] = set()
     percentiles = round_percentiles(percentile, options.steps)
+    target = {path: spectra.by_path[path].units - kept.size for path, kept in keep.items()}
+    removed = dict.fromkeys(keep, 0)
     for step, share in enumerate(percentiles):
         if options.steps > 1:
             # Each round ranks the nodes left by the current eigenvalues (recovery moves them).
             current_spectra = current_spectra if step == 0 else analyse(current)
             keep, _ = select_nodes(current_spectra, share, scope, min_units)
+            share_done = (step + 1) / options.steps
+            keep = limit_removal(current_spectra, keep, target, removed, share_done, scope)
         notify(progress, step / len(percentiles), f"pruning, round {step + 1}/{len(percentiles)}")
         new_model, masked = prune_at(current, current_spectra, keep, compact=True)
         masked_all.update(masked)
@@ -149,6 +184,7 @@ def apply_selection(
             if path not in masked:  # a masked layer keeps all its nodes, and their indices
                 index[path] = active[path]
         applied.keep = active
+        removed = {path: spectra.by_path[path].units - active[path].size for path in active}
         round_progress = scaled_progress(progress, step / len(percentiles), 1 / len(percentiles))
         _refine(model, new_model, active, options, compile_dictionary, applied, round_progress)
         if options.steps > 1:

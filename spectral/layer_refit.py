@@ -162,6 +162,11 @@ def refit(
         chunk = slice_rows(x, start, min(start + chunk_size, rows))
         inputs = consumer.augmented(run_stages(pruned_stages, chunk))
         normal.add(inputs, consumer.targets(run_stages(original_stages, chunk)))
+    if not all(np.all(np.isfinite(v)) for v in (normal.gram, normal.cross, normal.target_sq)):
+        # NaN or overflowing activations (the models' own weights): no fit is meaningful.
+        return LayerReconstruction(
+            consumer.path, "skipped", reason="non-finite activations on the calibration rows"
+        )
     before = consumer.error(normal, consumer.current())
     entry = LayerReconstruction(consumer.path, "skipped", before, before)
     if method == "mean" and not consumer.has_bias:
@@ -169,9 +174,12 @@ def refit(
         return entry
     saved = _snapshot(consumer.pruned)
     weights, note = consumer.solve(normal, method, ridge)
+    if not np.all(np.isfinite(weights)):
+        entry.reason = "the re-fit was not finite"
+        return entry
     consumer.assign(weights)
     after = consumer.error(normal, consumer.current())
-    if after > before:
+    if not after <= before:
         # Only float32 rounding of an already exact fit can get here: keep the exact fold.
         _restore(consumer.pruned, saved)
         entry.reason = "the re-fit did not reduce the error"

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import keras
 import numpy as np
 
-from spectral.calibration import count_rows
+from spectral.calibration import count_rows, label_rows, model_rows, reject_stream
 
 RECONSTRUCT_METHODS = ("least_squares", "mean")
 RECOVER_KEYS = ("x", "y", "epochs", "batch_size")
@@ -66,6 +67,8 @@ def _describe(value: Any) -> str:
         return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) + "}"
     if hasattr(value, "shape"):
         return f"<{type(value).__name__} of shape {tuple(value.shape)}>"
+    if isinstance(value, list | tuple) and len(value) > 4:
+        return f"<{type(value).__name__} of {len(value)} items>"
     return repr(value)
 
 
@@ -83,11 +86,12 @@ def _check_calibration(calibration: Any) -> Any:
             "`calibration` must be a dict with exactly one entry, `x` (calibration inputs). "
             f"Received: calibration={_describe(calibration)}"
         )
-    if calibration["x"] is None or count_rows(calibration["x"]) == 0:
+    if calibration["x"] is None:
         raise ValueError(
-            "`calibration['x']` must hold at least one row. "
+            "`calibration['x']` must hold calibration inputs. "
             f"Received: calibration={_describe(calibration)}"
         )
+    reject_stream(calibration["x"], "calibration['x']")
     return calibration["x"]
 
 
@@ -99,6 +103,8 @@ def _check_recover(recover: Any, distill: bool) -> Recovery | None:
             '`recover` must be a dict {"x", "y", "epochs", "batch_size"}. '
             f"Received: recover={_describe(recover)}"
         )
+    for key in ("x", "y"):
+        reject_stream(recover.get(key), f"recover[{key!r}]")
     unknown = sorted(set(recover) - set(RECOVER_KEYS))
     if unknown:
         raise ValueError(
@@ -189,3 +195,25 @@ def check_options(
         temperature=float(temperature),
         steps=steps,
     )
+
+
+def check_data(options: CompressionOptions, model: keras.Model) -> CompressionOptions:
+    """`options` with its calibration and recovery rows checked against `model`'s inputs.
+
+    The rows come back as arrays of the inputs' dtype (`spectral.calibration.model_rows`).
+
+    Raises:
+        TypeError: If rows are a dataset or generator, not numeric, or not shaped like the
+            model's inputs (list/dict for several inputs).
+        ValueError: If rows have the wrong feature width, none at all, NaN or infinite values,
+            or labels whose row count differs from the inputs'.
+    """
+    calibration_x = options.calibration_x
+    if calibration_x is not None:
+        calibration_x = model_rows(model, calibration_x, "calibration['x']")
+    recovery = options.recovery
+    if recovery is not None:
+        x = model_rows(model, recovery.x, "recover['x']")
+        y = None if recovery.y is None else label_rows(recovery.y, count_rows(x), "recover['y']")
+        recovery = replace(recovery, x=x, y=y)
+    return replace(options, calibration_x=calibration_x, recovery=recovery)

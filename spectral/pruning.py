@@ -19,7 +19,7 @@ from spectral.applying import ReconstructedProbe, apply_selection, record_option
 from spectral.compiling import compile_model
 from spectral.evaluation import evaluate
 from spectral.masking import MaskedCopy
-from spectral.options import check_options
+from spectral.options import check_data, check_options
 from spectral.report import PruningResult, build_report
 from spectral.search import (
     Probe,
@@ -261,6 +261,7 @@ def prune(
         steps=steps,
         compact=compact,
     )
+    options = check_data(options, model)
     if options.recovery is not None and compile_dictionary is None and not model.compiled:
         raise ValueError(
             "`recover` trains the pruned model and needs a loss: pass `compile_dictionary` or "

@@ -24,7 +24,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from spectral.calibration import count_rows
+from spectral.calibration import count_rows, model_rows
 from spectral.graph import iter_layers
 from spectral.layer import Spectral
 from spectral.layer_inputs import LayerInputs, Unreachable
@@ -214,7 +214,10 @@ def reconstruct(
         A `ReconstructionResult` with the relative error of every consumer before and after.
 
     Raises:
-        ValueError: On an unknown method, a negative ridge, a bad chunk size or empty `x`.
+        ValueError: On an unknown method, a negative ridge, a bad chunk size, or `x` with no
+            rows, the wrong feature width, or NaN or infinite values.
+        TypeError: If `x` is a dataset or generator, not numeric, or not structured like the
+            model's inputs.
 
     Example:
 
@@ -224,9 +227,8 @@ def reconstruct(
     """
     _check(method, ridge, chunk_size)
     started = time.perf_counter()
+    x = model_rows(original, x, "x")
     rows = count_rows(x)
-    if rows == 0:
-        raise ValueError("Calibration data `x` has no rows. Received: x with 0 rows")
     result = ReconstructionResult(method=method, rows=rows)
     originals = dict(iter_layers(original))
     work: list[tuple[str, ConsumerRule, Any, Any]] = []

@@ -19,7 +19,7 @@ import numpy as np
 from keras import ops
 
 from spectral.activations import activation_name
-from spectral.calibration import count_rows, slice_rows
+from spectral.calibration import count_rows, label_rows, model_rows, slice_rows
 from spectral.compiling import compile_arguments
 from spectral.keras_graph import is_graph_model
 from spectral.search import Progress, notify
@@ -193,8 +193,10 @@ def recover(
 
     Raises:
         ValueError: On invalid arguments, nothing to train on (`y=None` without `distill`),
-            `distill=True` without a teacher, a multi-output model in distillation, or no
-            loss to compile with.
+            `distill=True` without a teacher, a multi-output model in distillation, no
+            loss to compile with, or `x`/`y` with no rows, the wrong width, different row
+            counts, or NaN or infinite values.
+        TypeError: If `x` or `y` is a dataset or generator, or not numeric.
 
     Example:
 
@@ -207,7 +209,10 @@ def recover(
     if distill and teacher is None:
         raise ValueError("Distillation needs the unpruned `teacher`. Received: teacher=None")
     started = time.perf_counter()
+    x = model_rows(model, x, "x")
     rows = count_rows(x)
+    if y is not None:
+        y = label_rows(y, rows, "y")
     user_arguments = _compile_arguments(model, compile_dictionary)
     arguments = dict(user_arguments)
     targets = y
