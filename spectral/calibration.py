@@ -50,7 +50,8 @@ def reject_stream(value: Any, name: str) -> None:
         )
 
 
-def _as_array(value: Any, name: str, spec: Any) -> np.ndarray:
+def _numeric(value: Any, name: str) -> np.ndarray:
+    """`value` as a numeric array, or a TypeError naming `name`."""
     reject_stream(value, name)
     try:
         array = np.asarray(value)
@@ -58,8 +59,21 @@ def _as_array(value: Any, name: str, spec: Any) -> np.ndarray:
         raise TypeError(
             f"`{name}` must be a numeric array. Received: {name}={_describe(value)} ({exc})"
         ) from exc
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "biuf" or array.ndim == 0:
         raise TypeError(f"`{name}` must be a numeric array. Received: {name}={_describe(array)}")
+    return array
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ValueError(
+            f"`{name}` holds {bad} NaN or infinite values. Received: {name}={_describe(array)}"
+        )
+
+
+def _as_array(value: Any, name: str, spec: Any) -> np.ndarray:
+    array = _numeric(value, name)
     expected = tuple(spec.shape)
     if array.ndim != len(expected) or any(
         want is not None and want != got
@@ -74,11 +88,7 @@ def _as_array(value: Any, name: str, spec: Any) -> np.ndarray:
         raise ValueError(
             f"`{name}` must hold at least one row. Received: {name}={_describe(array)}"
         )
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise ValueError(
-            f"`{name}` holds {bad} NaN or infinite values. Received: {name}={_describe(array)}"
-        )
+    _check_finite(array, name)
     return array.astype(spec.dtype or keras.config.floatx(), copy=False)
 
 
@@ -136,22 +146,11 @@ def label_rows(y: Any, rows: int, name: str) -> np.ndarray:
         TypeError: If `y` is a dataset or generator, or not numeric.
         ValueError: If `y` has another number of rows, or NaN or infinite values.
     """
-    reject_stream(y, name)
-    try:
-        array = np.asarray(y)
-    except (ValueError, TypeError) as exc:
-        raise TypeError(
-            f"`{name}` must be a numeric array. Received: {name}={_describe(y)}"
-        ) from exc
-    if array.dtype.kind not in "biuf" or array.ndim == 0:
-        raise TypeError(f"`{name}` must be a numeric array. Received: {name}={_describe(array)}")
+    array = _numeric(y, name)
     if array.shape[0] != rows:
         raise ValueError(
             f"`{name}` must have one row per input row ({rows}). "
             f"Received: {name}={_describe(array)}"
         )
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        raise ValueError(
-            f"`{name}` holds NaN or infinite values. Received: {name}={_describe(array)}"
-        )
+    _check_finite(array, name)
     return array

@@ -203,7 +203,7 @@ def test_bad_distill_is_named(model: keras.Model, distill: Any) -> None:
         ({"x": X, "y": Y, "epochs": 1, "lr": 1}, ValueError, r"unknown: \['lr'\]"),
         ({"x": X, "y": Y[:10], "epochs": 1}, ValueError, r"one row per input row \(64\)"),
         ({"x": _with_nan(X), "y": Y, "epochs": 1}, ValueError, r"recover\['x'\]` holds 1 NaN"),
-        ({"x": X, "y": Y * np.nan, "epochs": 1}, ValueError, r"recover\['y'\]` holds NaN"),
+        ({"x": X, "y": Y * np.nan, "epochs": 1}, ValueError, r"recover\['y'\]` holds 64 NaN"),
         ({"x": X[:0], "y": Y[:0], "epochs": 1}, ValueError, r"recover\['x'\]` must hold at"),
         ({"x": X[:, :3], "y": Y, "epochs": 1}, ValueError, r"recover\['x'\]` must have shape"),
         ("dataset", TypeError, r"recover\['x'\]` must be arrays of rows, not a dataset"),
