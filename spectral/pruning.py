@@ -78,6 +78,7 @@ def prune_percentile(
     Raises:
         ValueError: On a percentile outside [0, 100], bad `scope`/`min_units` or options, or
             a model without prunable Spectral layers.
+        TypeError: On calibration or recovery rows that are not arrays (see `prune`).
 
     Example:
 
@@ -140,6 +141,7 @@ def metric_based_pruning(
     Raises:
         ValueError: If the metric is not among the evaluation results (the message lists
             them), or on invalid arguments.
+        TypeError: On calibration or recovery rows that are not arrays (see `prune`).
 
     Example:
 
@@ -235,7 +237,11 @@ def prune(
 
     Raises:
         ValueError: On invalid arguments, a model without prunable Spectral layers, a
-            missing metric, or nothing to compile the evaluation copy (or recovery) with.
+            missing metric, or nothing to compile the evaluation copy (or recovery) with;
+            also calibration or recovery rows with the wrong width, no rows, NaN or infinite
+            values, or labels whose row count differs from the inputs'.
+        TypeError: If calibration or recovery rows are a dataset or generator, not numeric,
+            or not structured like the model's inputs.
 
     Example:
 
