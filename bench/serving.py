@@ -203,7 +203,7 @@ def main() -> None:
 
         results: list[dict[str, Any]] = []
         service_env = {"SPECTRAL_DATA_DIR": str(tmp / "data")}
-        with _uvicorn("service.app:create_app", service_env, tmp / "service.log") as url:
+        with _uvicorn("service.api.app:create_app", service_env, tmp / "service.log") as url:
             with model_path.open("rb") as handle:
                 created = httpx.post(
                     url + "/models",
