@@ -122,12 +122,20 @@ def serve(
         upgrade_database(settings)
         worker_process = start_worker(settings)
         console.print(f"[bold]spectral serve[/]: embedded worker pid {worker_process.pid}")
+    # uvicorn restores the previous SIGTERM handler after its graceful shutdown and raises the
+    # signal again; with the default handler that would end this process before `finally`
+    # stops the worker, leaving it orphaned (docker stop, systemd and Kubernetes send SIGTERM).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         with _needs_service_extra("serve"):
             _run_api(host or settings.host, port or settings.port, 1)
     finally:
         if worker_process is not None:
             _stop_worker(worker_process)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _stop_worker(worker: subprocess.Popen[bytes]) -> None:

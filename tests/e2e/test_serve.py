@@ -83,3 +83,56 @@ def test_serve_runs_jobs_with_its_embedded_worker(
     while _alive(worker_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(worker_pid), "serve left its worker running"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_to_serve_alone_stops_its_worker_and_pool(tmp_path: Path, free_port: int) -> None:
+    """SIGTERM (what docker stop, systemd and Kubernetes send) reaches only the serve process,
+    not its group: the API and the embedded worker with its pool children must all go."""
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve"]
+            + ["--data-dir", str(tmp_path / "data"), "--port", str(free_port)],
+            cwd=REPO_ROOT,
+            env=child_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert serve.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{free_port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        match = re.search(r"embedded worker pid (\d+)", log_path.read_text())
+        assert match, log_path.read_text()
+        worker_pid = int(match.group(1))
+        # The worker leads its own process group; its pool children share it.
+        deadline = time.monotonic() + 60
+        while "ready" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _group_alive(worker_pid)
+
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=60)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _group_alive(worker_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(worker_pid), "serve left its worker or pool children running"
