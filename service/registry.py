@@ -29,7 +29,14 @@ from service.errors import (
 )
 from service.model_loading import inspect_artifact, load_model_bytes
 from service.settings import Settings
-from service.versions import AliasRow, ModelRecord, ModelRow, VersionRecord, VersionRow
+from service.versions import (
+    MAX_VERSION,
+    AliasRow,
+    ModelRecord,
+    ModelRow,
+    VersionRecord,
+    VersionRow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +293,10 @@ class Registry:
     @staticmethod
     def _require_version(session: Session, model_id: str, version: int) -> VersionRow:
         Registry._require_model(session, model_id)
+        # A number the version column cannot hold names no version; asking the database would
+        # overflow its integer type (SQLite's int64, PostgreSQL's int4) instead of answering.
+        if not 1 <= version <= MAX_VERSION:
+            raise VersionNotFound(f"Model {model_id!r} has no version {version}")
         row = session.get(VersionRow, (model_id, version))
         if row is None:
             raise VersionNotFound(f"Model {model_id!r} has no version {version}")

@@ -23,6 +23,11 @@ class ModelRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+# The largest version number the `version` columns hold on every supported database
+# (PostgreSQL's INTEGER is 32-bit).
+MAX_VERSION = 2**31 - 1
+
+
 class VersionRow(Base):
     __tablename__ = "model_versions"
 

@@ -47,7 +47,8 @@ def list_jobs(
     model_id: str | None = None,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    # Bounded so the database is never handed an offset its integer type overflows on.
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> JobsPublic:
     with registry.database.session() as session:
         rows = table.list_jobs(

@@ -326,3 +326,31 @@ def test_multi_input_model_takes_inputs_keyed_by_name(client: httpx.Client, tmp_
     missing = client.post("/models/two-inputs/predict", json={"inputs": {"a": xa}})
     assert missing.status_code == 422
     assert "missing ['b']" in _error(missing)["message"]
+
+
+# Past PostgreSQL's INTEGER (2**31) and past SQLite's int64 (2**63): both once gave 500s.
+HUGE_NUMBERS = [2**31, 2**63, 10**30]
+
+
+@pytest.mark.parametrize("number", HUGE_NUMBERS)
+def test_huge_version_numbers_are_404_not_500(
+    client: httpx.Client, model_bytes: bytes, number: int
+) -> None:
+    assert upload(client, "huge-numbers", model_bytes).status_code in (201, 409)
+    for path in (
+        f"/models/huge-numbers/versions/{number}",
+        f"/models/huge-numbers/versions/{number}/artifact",
+        f"/models/huge-numbers/versions/{number}/report",
+        f"/models/huge-numbers/versions/{number}/predict?inputs=[[0]]",
+    ):
+        response = client.get(path)
+        assert response.status_code == 404, (path, response.text)
+        assert _error(response)["code"] == "version_not_found", path
+    moved = client.put("/models/huge-numbers/aliases/production", json={"version": number})
+    assert moved.status_code == 404, moved.text
+    job = client.post(
+        "/prune", json={"model_id": "huge-numbers", "version": number, "percentile": 50}
+    )
+    assert job.status_code == 404, job.text
+    listed = client.get("/jobs", params={"offset": number})
+    assert listed.status_code == 422, listed.text
