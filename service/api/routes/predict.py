@@ -35,6 +35,12 @@ def _parse_query(inputs: str) -> Any:
         return json.loads(inputs)
     except json.JSONDecodeError as exc:
         raise InvalidJSON(f"Query parameter 'inputs' is not valid JSON: {exc}") from exc
+    except (RecursionError, ValueError) as exc:
+        # Nesting deeper than the parser's recursion limit, or an integer past Python's
+        # digit limit: valid JSON, but never a batch of inputs.
+        raise InvalidJSON(
+            "Query parameter 'inputs' is nested too deeply or holds a number too long to read"
+        ) from exc
 
 
 @router.post("/{model_id}/predict", response_model=PredictResponse)

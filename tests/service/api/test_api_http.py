@@ -243,6 +243,28 @@ def test_bad_get_query_is_400(client: httpx.Client, model_bytes: bytes) -> None:
     assert missing.status_code == 422
 
 
+@pytest.mark.parametrize(
+    "inputs", ["[" * 3000 + "]" * 3000, "[[" + "9" * 5000 + "]]"], ids=["deep", "long-integer"]
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_hostile_json_is_400_not_500(
+    client: httpx.Client, model_bytes: bytes, inputs: str, method: str
+) -> None:
+    if client.get("/models/input-checks").status_code == 404:
+        assert upload(client, "input-checks", model_bytes).status_code == 201
+    if method == "GET":
+        response = client.get("/models/input-checks/predict", params={"inputs": inputs})
+    else:
+        response = client.post(
+            "/models/input-checks/predict",
+            content='{"inputs": ' + inputs + "}",
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 400, response.text
+    # The server is still answering on the same connection.
+    assert client.get("/healthz").status_code == 200
+
+
 def test_parallel_predicts_while_a_version_is_uploaded(
     client: httpx.Client, api: RunningApi, model_bytes: bytes
 ) -> None:
