@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.broker import JobBroker
 from service.api.errors import install_error_handlers
 from service.api.routes import aliases, datasets, jobs, models, ops, predict
+from service.api.routes.docs import install_docs
 from service.db import Database, upgrade_database
 from service.inference import ModelCache, Predictor
 from service.metrics import ServiceMetrics
@@ -65,6 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Registry of spectral Keras models with versions, aliases, lineage and "
         "a versioned predict API.",
+        # Served by install_docs from packaged assets, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.database = database
@@ -79,4 +83,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HttpMetrics, metrics=metrics)
     for module in (ops, models, aliases, predict, datasets, jobs):
         app.include_router(module.router)
+    install_docs(app)
     return app

@@ -376,3 +376,22 @@ def test_huge_version_numbers_are_404_not_500(
     assert job.status_code == 404, job.text
     listed = client.get("/jobs", params={"offset": number})
     assert listed.status_code == 422, listed.text
+
+
+def test_docs_load_their_assets_from_the_server_not_a_cdn(client: httpx.Client) -> None:
+    """Without internet access, /docs must still render: every script and stylesheet it
+    references is served by this server."""
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    assert any(url.endswith("swagger-ui-bundle.js") for url in assets), assets
+    assert any(url.endswith("swagger-ui.css") for url in assets), assets
+    for url in assets:
+        assert url.startswith("/"), f"/docs loads {url} from another host"
+        asset = client.get(url)
+        assert asset.status_code == 200, url
+        assert asset.content, url
+    assert client.get("/openapi.json").json()["info"]["title"] == "Spectral model service"
+    assert client.get("/redoc").status_code == 404
