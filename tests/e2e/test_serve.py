@@ -27,43 +27,46 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_serve_runs_jobs_with_its_embedded_worker(
-    tmp_path: Path, free_port: int, digits_model_path: Path
-) -> None:
+def _start_serve(tmp_path: Path, port: int) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """Starts `spectral serve` in a session of its own and waits until it is ready.
+
+    Returns the process, its log file and the embedded worker's pid.
+    """
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         serve = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "serve",
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--port",
-                str(free_port),
-            ],
+            [sys.executable, "-m", "service.cli", "serve"]
+            + ["--data-dir", str(tmp_path / "data"), "--port", str(port)],
             cwd=REPO_ROOT,
             env=child_env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    deadline = time.monotonic() + 120
+    while True:
+        if serve.poll() is not None:
+            raise AssertionError(log_path.read_text()[-3000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            os.killpg(serve.pid, signal.SIGKILL)
+            raise AssertionError(log_path.read_text()[-3000:])
+        time.sleep(0.2)
+    match = re.search(r"embedded worker pid (\d+)", log_path.read_text())
+    assert match, log_path.read_text()
+    return serve, log_path, int(match.group(1))
+
+
+def test_serve_runs_jobs_with_its_embedded_worker(
+    tmp_path: Path, free_port: int, digits_model_path: Path
+) -> None:
+    serve, log_path, worker_pid = _start_serve(tmp_path, free_port)
     api = f"http://127.0.0.1:{free_port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert serve.poll() is None, log_path.read_text()[-3000:]
-            try:
-                if httpx.get(f"{api}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.2)
-        match = re.search(r"embedded worker pid (\d+)", log_path.read_text())
-        assert match, log_path.read_text()
-        worker_pid = int(match.group(1))
         assert _alive(worker_pid)
 
         upload_model(api, "digits", digits_model_path)
@@ -96,31 +99,8 @@ def _group_alive(pgid: int) -> bool:
 def test_sigterm_to_serve_alone_stops_its_worker_and_pool(tmp_path: Path, free_port: int) -> None:
     """SIGTERM (what docker stop, systemd and Kubernetes send) reaches only the serve process,
     not its group: the API and the embedded worker with its pool children must all go."""
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"]
-            + ["--data-dir", str(tmp_path / "data"), "--port", str(free_port)],
-            cwd=REPO_ROOT,
-            env=child_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    serve, log_path, worker_pid = _start_serve(tmp_path, free_port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert serve.poll() is None, log_path.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{free_port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.2)
-        match = re.search(r"embedded worker pid (\d+)", log_path.read_text())
-        assert match, log_path.read_text()
-        worker_pid = int(match.group(1))
         # The worker leads its own process group; its pool children share it.
         deadline = time.monotonic() + 60
         while "ready" not in log_path.read_text() and time.monotonic() < deadline:
