@@ -1,18 +1,21 @@
 """Interactive API docs (Swagger UI) served from assets inside the installed packages.
 
 FastAPI's default /docs page loads Swagger UI from a CDN, which leaves it blank on a machine
-without internet access; `swagger-ui-bundle` ships the same assets as package data.
+without internet access; `fastapi-swagger` ships Swagger UI 5 (which reads OpenAPI 3.1, as
+FastAPI writes it) as package data.
 """
 
 from __future__ import annotations
+
+from importlib.resources import files
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
 ASSETS_URL = "/docs-assets"
+ASSETS_DIR = files("fastapi_swagger") / "resources"
 
 router = APIRouter(include_in_schema=False)
 
@@ -36,5 +39,5 @@ def swagger_ui_redirect() -> HTMLResponse:
 
 def install_docs(app: FastAPI) -> None:
     """Adds /docs and its assets to an app created with ``docs_url=None, redoc_url=None``."""
-    app.mount(ASSETS_URL, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    app.mount(ASSETS_URL, StaticFiles(directory=str(ASSETS_DIR)), name="docs-assets")
     app.include_router(router)
