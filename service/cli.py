@@ -199,16 +199,18 @@ def _compression_options(
     calibration: Path | None,
     *,
     reconstruct: str | None,
+    recover_data: Path | None,
     recover_epochs: int | None,
     distill: bool,
-    temperature: float,
+    temperature: float | None,
     steps: int,
     batch_size: int,
 ) -> dict[str, Any]:
     """`spectral.prune`'s reconstruction, recovery and gradual options from the CLI's.
 
-    Calibration rows come from --calibration, else from --data's x; recovery trains on --data.
-    The library checks the combinations and names what is missing.
+    Calibration rows come from --calibration, else from --data's x. Recovery trains on
+    --recover-data only, never on --data: --data is what the search and the report evaluate
+    on, and training on it would leak it into the result. The library checks the rest.
     """
     # Only the options given: plain pruning stays the library's exact default.
     options: dict[str, Any] = {"steps": steps} if steps != 1 else {}
@@ -222,19 +224,27 @@ def _compression_options(
             raise ValueError("--reconstruct needs calibration rows: pass --calibration or --data")
     elif calibration is not None:
         raise ValueError("--calibration is only used by --reconstruct")
+    if temperature is not None and not distill:
+        raise ValueError("--temperature is only used by --distill: pass --distill")
     if distill and recover_epochs is None:
         raise ValueError("--distill trains on the unpruned model's outputs: pass --recover-epochs")
+    if recover_data is not None and recover_epochs is None:
+        raise ValueError("--recover-data is only used by recovery: pass --recover-epochs")
     if recover_epochs is not None:
-        if data is None:
-            raise ValueError("--recover-epochs trains on --data: pass an .npz with x and y")
+        if recover_data is None:
+            raise ValueError(
+                "--recover-epochs needs --recover-data: an .npz with x and y (y may be left out "
+                "with --distill) to train on; --data is evaluation data and is never trained on"
+            )
+        arrays = _read_npz(recover_data, "x") if distill else _read_npz(recover_data, "x", "y")
         options["recover"] = {
-            "x": data["x"],
-            "y": data["y"],
+            "x": arrays["x"],
+            "y": arrays.get("y"),
             "epochs": recover_epochs,
             "batch_size": batch_size,
         }
         if distill:
-            options.update(distill=True, temperature=temperature)
+            options.update(distill=True, temperature=2.0 if temperature is None else temperature)
     return options
 
 
@@ -269,12 +279,22 @@ def prune(
         typer.Option(help='Re-fit consumers of removed nodes: "least_squares" or "mean".'),
     ] = None,
     recover_epochs: Annotated[
-        int | None, typer.Option(help="Train the pruned model this many epochs on --data.")
+        int | None,
+        typer.Option(help="Train the pruned model this many epochs on --recover-data."),
+    ] = None,
+    recover_data: Annotated[
+        Path | None,
+        typer.Option(
+            help=".npz with arrays x and y (y optional with --distill): recovery training data, "
+            "required by --recover-epochs. Keep it apart from --data, which is evaluated on."
+        ),
     ] = None,
     distill: Annotated[
         bool, typer.Option(help="Recovery also trains on the unpruned model's outputs.")
     ] = False,
-    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 2.0,
+    temperature: Annotated[
+        float | None, typer.Option(help="Distillation temperature (with --distill; default 2).")
+    ] = None,
     steps: Annotated[int, typer.Option(help="Remove the nodes in this many rounds.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Batch size of recovery training.")] = 32,
 ) -> None:
@@ -301,6 +321,7 @@ def prune(
                 arrays,
                 calibration,
                 reconstruct=reconstruct,
+                recover_data=recover_data,
                 recover_epochs=recover_epochs,
                 distill=distill,
                 temperature=temperature,

@@ -1,8 +1,8 @@
 """The options that turn plain pruning into compression: reconstruction, recovery, rounds.
 
-`prune`, `prune_percentile` and `metric_based_pruning` take the same keyword options; this module
-validates them once, with messages that name the argument and what was received, and holds them
-as one `CompressionOptions` value.
+`prune`, `prune_percentile`, `metric_based_pruning` and `eigenvalue_pretraining` take the same
+keyword options; this module validates them once, with messages that name the argument and what
+was received, and holds them as one `CompressionOptions` value.
 """
 
 from __future__ import annotations

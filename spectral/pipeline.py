@@ -12,6 +12,7 @@ from spectral.compaction import copy_model
 from spectral.compiling import compile_model
 from spectral.evaluation import evaluate
 from spectral.graph import spectral_layers
+from spectral.options import check_data, check_options
 from spectral.pruning import prune
 from spectral.report import PruningResult
 from spectral.search import Progress, notify, scaled_progress
@@ -35,13 +36,22 @@ def eigenvalue_pretraining(
     progress: Progress | None = None,
     higher_is_better: bool | None = None,
     eigenvalues_only: bool = False,
+    calibration: Mapping[str, Any] | None = None,
+    reconstruct: str | None = None,
+    recover: Mapping[str, Any] | None = None,
+    distill: bool = False,
+    temperature: float = 2.0,
+    steps: int = 1,
 ) -> PruningResult:
     """Runs the spectral pretraining pipeline on a copy of `model`.
 
     1. Freezes every Spectral layer's `base` and trains with `fit(**fit_kwargs)`, so the
        Spectral layers learn their eigenvalues (and biases) only; non-Spectral layers, such as
        a Dense head, keep training.
-    2. Prunes by `percentile`, or by the metric-based search when `percentile` is `None`.
+    2. Prunes by `percentile`, or by the metric-based search when `percentile` is `None`,
+       with `prune`'s compression options: reconstruction on calibration rows re-fits the
+       compact model, recovery (optionally distilled from the pretrained, unpruned model of
+       phase 1) trains it briefly, `steps` spreads the removal over rounds.
     3. Trains the compact model with `fit(**(fine_tune_kwargs or fit_kwargs))`.
 
     Args:
@@ -65,20 +75,37 @@ def eigenvalue_pretraining(
         eigenvalues_only: In phase 1, train the Spectral eigenvalues and nothing else
             (Spectral biases and non-Spectral layers frozen too). The default freezes only
             `base`, so that a randomly initialised head can learn alongside the eigenvalues.
+        calibration, reconstruct, recover, distill, temperature, steps: The compression
+            options of `prune`, applied in phase 2 to the pretrained model, which is also
+            the teacher of `distill`. They are validated before phase 1 trains, and the
+            report records them as `prune`'s does.
 
     Returns:
         A `PruningResult` whose report has `method="pretrain"`; `metric_after` is measured
         after fine-tuning when `eval_dictionary` is given.
 
     Raises:
-        ValueError: As `prune`, or when there is nothing to compile the model with.
+        ValueError: As `prune` (including the compression options and their rows), or when
+            there is nothing to compile the model with.
+        TypeError: On calibration or recovery rows that are not arrays (see `prune`).
 
     Example:
 
     >>> model_small, report = eigenvalue_pretraining(
     ...     model, {"x": x, "y": y, "epochs": 5}, percentile=50,
-    ...     compile_dictionary={"optimizer": "adam", "loss": "mse"})
+    ...     compile_dictionary={"optimizer": "adam", "loss": "mse"},
+    ...     calibration={"x": x[:2000]}, reconstruct="least_squares")
     """
+    compression: dict[str, Any] = {
+        "calibration": calibration,
+        "reconstruct": reconstruct,
+        "recover": recover,
+        "distill": distill,
+        "temperature": temperature,
+        "steps": steps,
+    }
+    # Fail before the (long) eigenvalue phase, not after it.
+    check_data(check_options(**compression), model)
     notify(progress, 0.0, "eigenvalue training")
     working = copy_model(model)
     layers = spectral_layers(working)
@@ -109,6 +136,7 @@ def eigenvalue_pretraining(
         min_units=min_units,
         progress=scaled_progress(progress, 0.4, 0.4),
         higher_is_better=higher_is_better,
+        **compression,
     )
     pruned, report = result.model, result.report
     compile_model(pruned, working, compile_dictionary, required=True)

@@ -191,7 +191,8 @@ def _common(params: PruneParams, progress: JobProgress) -> dict[str, Any]:
 
 
 def _compression(inputs: JobInputs, params: PruneParams) -> dict[str, Any]:
-    """`spectral.prune`'s reconstruction, recovery and gradual options, where the job sets them.
+    """The reconstruction, recovery and gradual options of `spectral.prune` (and of
+    `spectral.eigenvalue_pretraining`'s pruning step), where the job sets them.
 
     The library reports progress per reconstructed layer and per recovery epoch through
     ``progress``, and a cancel request raised there stops recovery between epochs.
@@ -265,6 +266,7 @@ def pretrain(
         fine_tune_kwargs=inputs.fit_kwargs(fine_tune_epochs, progress),
         eigenvalues_only=params.eigenvalues_only,
         **_search(params),
+        **_compression(inputs, params),
         **_common(params, progress),
     )
 

@@ -19,9 +19,6 @@ from service.model_loading import COMPILE_KEYS
 Method = Literal["percentile", "metric", "pretrain"]
 Scope = Literal["global", "layer"]
 Reconstruct = Literal["least_squares", "mean"]
-# The compression options `spectral.prune` takes; eigenvalue pretraining takes none of them.
-_COMPRESSION = ("reconstruct", "calibration_dataset", "recover_epochs", "distill", "steps")
-
 _COMPILE_EXAMPLE = (
     '{"optimizer": "adam", "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}'
 )
@@ -132,11 +129,7 @@ class PruneParams(BaseModel):
     def _check_compression(self) -> None:
         # Defaults that depend on other fields are filled in here, once, so the recorded
         # parameters say which dataset each step used.
-        used = [name for name in _COMPRESSION if name in self.model_fields_set]
-        if self.method == "pretrain" and used:
-            raise ValueError(
-                f"method=pretrain does not take {used}: use method=percentile or metric"
-            )
+        # Every method takes them; pretrain applies them when it prunes, before fine-tuning.
         if self.reconstruct is None and self.calibration_dataset is not None:
             raise ValueError(
                 "calibration_dataset is only used by reconstruct: set reconstruct to "

@@ -128,12 +128,54 @@ def test_prune_command_reconstructs_on_calibration_rows(
     )
 
 
+def test_prune_command_recovers_on_its_own_data_with_distillation(
+    tmp_path: Path, digits_model_path: Path, digits_data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    import json
+
+    x, y = digits_data
+    np.savez(tmp_path / "val.npz", x=x[:300], y=y[:300])
+    np.savez(tmp_path / "train.npz", x=x[300:800])  # unlabeled: distillation needs no y
+    out, report = tmp_path / "small.keras", tmp_path / "report.json"
+    result = _cli(
+        "prune",
+        str(digits_model_path),
+        str(out),
+        "--percentile",
+        "70",
+        "--data",
+        str(tmp_path / "val.npz"),
+        "--recover-data",
+        str(tmp_path / "train.npz"),
+        "--recover-epochs",
+        "1",
+        "--distill",
+        "--temperature",
+        "3",
+        "--report",
+        str(report),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(report.read_text())
+    assert summary["recovery_epochs"] == 1
+    assert summary["distill"] is True and summary["temperature"] == 3.0
+    assert summary["metric_after"] is not None and out.is_file()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--reconstruct", "least_squares"], "--reconstruct needs calibration rows"),
         (["--distill"], "--distill trains on the unpruned model's outputs"),
-        (["--recover-epochs", "2"], "--recover-epochs trains on --data"),
+        (["--recover-epochs", "2"], "--recover-epochs needs --recover-data"),
+        # Evaluation data is never trained on: --data alone does not make recovery data.
+        (["--recover-epochs", "2", "--data", "{val}"], "--recover-epochs needs --recover-data"),
+        (["--recover-data", "{val}"], "--recover-data is only used by recovery"),
+        (["--temperature", "3"], "--temperature is only used by --distill"),
+        (
+            ["--recover-epochs", "1", "--recover-data", "{unlabeled}"],
+            "needs arrays ['x', 'y']. Missing: ['y']",
+        ),
         (["--reconstruct", "svd", "--data", "{val}"], "reconstruct"),
     ],
 )
@@ -146,7 +188,9 @@ def test_prune_command_explains_bad_compression_options(
 ) -> None:
     x, y = digits_data
     np.savez(tmp_path / "val.npz", x=x[:50], y=y[:50])
-    args = [arg.format(val=tmp_path / "val.npz") for arg in args]
+    np.savez(tmp_path / "unlabeled.npz", x=x[50:100])
+    files = {"val": tmp_path / "val.npz", "unlabeled": tmp_path / "unlabeled.npz"}
+    args = [arg.format(**files) for arg in args]
     out = tmp_path / "o.keras"
     result = _cli("prune", str(digits_model_path), str(out), "--percentile", "40", *args)
     assert result.returncode == 2, result.stderr[-2000:]

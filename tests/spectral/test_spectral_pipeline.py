@@ -122,3 +122,67 @@ def test_pipeline_needs_a_way_to_compile(digits) -> None:
     x_train, y_train, _, _ = digits
     with pytest.raises(ValueError, match="compile_dictionary"):
         eigenvalue_pretraining(_fresh_model(), {"x": x_train, "y": y_train}, percentile=10)
+
+
+def test_pipeline_reconstructs_the_compact_model_and_reports_it(digits) -> None:
+    x_train, y_train, _, _ = digits
+    _, report = eigenvalue_pretraining(
+        _fresh_model(),
+        {"x": x_train, "y": y_train, "epochs": 1, "batch_size": 128},
+        compile_dictionary=COMPILE,
+        percentile=50,
+        calibration={"x": x_train[:300]},
+        reconstruct="least_squares",
+    )
+    data = report.to_dict()
+    assert data["method"] == "pretrain"
+    assert report.reconstruction_method == "least_squares"
+    assert report.calibration_rows == 300
+    assert report.reconstruction_errors  # the consumers of removed nodes were re-fitted
+
+
+def test_pipeline_recovers_with_distillation_from_the_pretrained_model(digits) -> None:
+    x_train, y_train, _, _ = digits
+    model_small, report = eigenvalue_pretraining(
+        _fresh_model(),
+        {"x": x_train, "y": y_train, "epochs": 1, "batch_size": 128},
+        compile_dictionary=COMPILE,
+        percentile=60,
+        recover={"x": x_train[:300], "epochs": 1, "batch_size": 64},
+        distill=True,
+        temperature=3.0,
+        steps=2,
+    )
+    assert report.recovery_epochs == 1
+    assert report.distill is True and report.temperature == 3.0
+    assert report.steps == 2 and len(report.rounds) == 2
+    assert report.params_after == model_small.count_params()
+
+
+class _FailOnTrain(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None) -> None:
+        raise AssertionError("phase 1 started before the options were checked")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"reconstruct": "least_squares"}, "calibration"),
+        ({"reconstruct": "cubic", "calibration": {"x": None}}, "reconstruct"),
+        ({"distill": True}, "distill"),
+        ({"temperature": 0}, "temperature"),
+        ({"steps": 0}, "steps"),
+        ({"recover": {"x": np.zeros((4, 64), "float32"), "epochs": 1}}, "recover"),
+        ({"calibration": {"x": np.zeros((4, 7), "float32")}, "reconstruct": "mean"}, "width|7"),
+    ],
+)
+def test_pipeline_checks_the_options_before_training(digits, options, match) -> None:
+    x_train, y_train, _, _ = digits
+    with pytest.raises(ValueError, match=match):
+        eigenvalue_pretraining(
+            _fresh_model(),
+            {"x": x_train, "y": y_train, "epochs": 1, "callbacks": [_FailOnTrain()]},
+            compile_dictionary=COMPILE,
+            percentile=50,
+            **options,
+        )

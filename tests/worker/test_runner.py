@@ -18,7 +18,7 @@ from service.jobs.params import PruneRequest
 from service.jobs.table import Job, get_job
 from service.registry import Registry
 from service.settings import Settings
-from tests.support.digits import build_digits_model, digits, digits_npz, keras_bytes
+from tests.support.digits import build_digits_model, digits, digits_npz, keras_bytes, npz_bytes
 from worker.runner import execute_job
 
 
@@ -237,3 +237,38 @@ def test_recovery_reports_each_epoch_and_cancels_between_epochs(
     job = _job(registry, job_id)
     assert job.status == "cancelled", (job.status, job.error)
     assert [v.version for v in registry.get_model("digits").versions] == [1]
+
+
+def test_pretrain_job_takes_the_compression_options_and_records_them(
+    env: tuple[Settings, Registry],
+) -> None:
+    settings, registry = env
+    dataset_id = _dataset(settings, registry, digits_npz(n=300))
+    calibration_id = _dataset(settings, registry, npz_bytes(*(a[300:500] for a in digits())))
+    job_id = _submit(
+        settings,
+        registry,
+        method="pretrain",
+        percentile=60,
+        dataset_id=dataset_id,
+        epochs=1,
+        reconstruct="least_squares",
+        calibration_dataset=calibration_id,
+        recover_epochs=1,
+        distill=True,
+        temperature=3.0,
+        steps=2,
+    )
+    execute_job(job_id, settings)
+    job = _job(registry, job_id)
+    assert job.status == "succeeded", job.error
+    assert job.params["reconstruct"] == "least_squares" and job.params["steps"] == 2
+    assert job.params["recover_dataset"] == dataset_id  # defaulted to the job's dataset
+    report = job.report
+    assert report is not None and report["method"] == "pretrain"
+    assert report["reconstruction_method"] == "least_squares"
+    assert report["calibration_rows"] == 200 and report["calibration_dataset"] == calibration_id
+    assert report["recovery_epochs"] == 1 and report["recover_dataset"] == dataset_id
+    assert report["distill"] is True and report["temperature"] == 3.0
+    assert report["steps"] == 2
+    assert [v.version for v in registry.get_model("digits").versions] == [1, 2]

@@ -96,10 +96,8 @@ def test_queue_routes_by_method() -> None:
         ({"temperature": 3.0}, "temperature is only used by distill"),
         ({"temperature": 0, "distill": True, "recover_epochs": 1, "dataset_id": "d"}, "greater"),
         ({"steps": 0}, "greater than or equal to 1"),
-        (
-            {"method": "pretrain", "dataset_id": "ds_1", "reconstruct": "mean"},
-            r"method=pretrain does not take \['reconstruct'\]",
-        ),
+        ({"method": "pretrain", "dataset_id": "d", "temperature": 3.0}, "only used by distill"),
+        ({"method": "pretrain", "dataset_id": "d", "recover_dataset": "r"}, "only used by"),
     ],
 )
 def test_compression_options_are_checked(body: dict[str, object], message: str) -> None:
@@ -148,3 +146,27 @@ def test_compression_datasets_default_to_the_jobs_dataset() -> None:
 def test_recovery_needs_a_compile_config() -> None:
     with pytest.raises(CompileConfigMissing, match="evaluated or trained on"):
         _request(recover_epochs=2, recover_dataset="ds_r").compile_for(None, "m v1")
+
+
+def test_pretrain_takes_the_compression_options() -> None:
+    params = _request(
+        method="pretrain",
+        dataset_id="ds_1",
+        reconstruct="mean",
+        calibration_dataset="ds_c",
+        recover_epochs=2,
+        distill=True,
+        temperature=4.0,
+        steps=2,
+    ).params()
+    assert params.dataset_ids == ["ds_1", "ds_c"]
+    recorded = params.recorded()
+    assert recorded["method"] == "pretrain" and recorded["epochs"] == 5
+    assert {key: recorded[key] for key in ("reconstruct", "calibration_dataset", "steps")} == {
+        "reconstruct": "mean",
+        "calibration_dataset": "ds_c",
+        "steps": 2,
+    }
+    assert (recorded["recover_epochs"], recorded["recover_dataset"]) == (2, "ds_1")
+    assert (recorded["distill"], recorded["temperature"]) == (True, 4.0)
+    assert PruneParams.model_validate(recorded) == params
