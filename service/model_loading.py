@@ -18,9 +18,12 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.errors import ArtifactRejected
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +194,10 @@ def load_model_bytes(data: bytes) -> Any:
         Path(tmp).unlink(missing_ok=True)
 
 
-def inspect_artifact(data: bytes) -> dict[str, Any]:
+def inspect_artifact(data: bytes, settings: Settings | None = None) -> dict[str, Any]:
     """Validates an uploaded .keras file and returns its metadata.
+
+    ``settings`` carries the limits of the check (None: the defaults).
 
     Raises:
         ArtifactRejected: the bytes are not a safe, loadable .keras model with inputs/outputs.

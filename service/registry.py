@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +63,25 @@ class Registry:
         store: Where the .keras files and report images live.
     """
 
-    def __init__(self, database: Database, store: ArtifactStore) -> None:
+    def __init__(
+        self,
+        database: Database,
+        store: ArtifactStore,
+        inspect: Callable[[bytes], dict[str, Any]] = inspect_artifact,
+    ) -> None:
         self.database = database
         self.store = store
+        # Checks an artifact before it is stored and returns its metadata; from_settings binds
+        # the limits of the settings to it.
+        self.inspect = inspect
 
     @classmethod
     def from_settings(cls, settings: Settings, database: Database | None = None) -> Registry:
-        return cls(database or Database(settings), ArtifactStore(settings.artifact_root))
+        return cls(
+            database or Database(settings),
+            ArtifactStore(settings.artifact_root),
+            inspect=partial(inspect_artifact, settings=settings),
+        )
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -83,7 +97,7 @@ class Registry:
         with self.database.session() as session:
             if session.get(ModelRow, name) is not None:
                 raise ModelExists(f"Model {name!r} already exists; upload a new version instead")
-        metadata = inspect_artifact(data)
+        metadata = self.inspect(data)
         sha256, size = self.store.put(data)
         now = utcnow()
         try:
@@ -131,7 +145,7 @@ class Registry:
             self._require_model(session, model_id)
             if parent_version is not None:
                 self._require_version(session, model_id, parent_version)
-        metadata = inspect_artifact(data)
+        metadata = self.inspect(data)
         sha256, size = self.store.put(data)
         png_sha = self.store.put(report_png)[0] if report_png is not None else None
         for _ in range(_ADD_VERSION_ATTEMPTS):

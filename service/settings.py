@@ -81,6 +81,23 @@ class Settings(BaseSettings):
     max_dataset_mb: float = Field(
         default=200.0, description="Largest accepted dataset upload (.npz), in MiB."
     )
+    max_params: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Most parameters an uploaded model may declare; past it the upload gets 422.",
+    )
+    sandbox_memory_mb: int = Field(
+        default=2048,
+        ge=64,
+        description="Address-space limit of the short-lived process that first loads an "
+        "uploaded model, in MiB.",
+    )
+    sandbox_cpu_s: int = Field(
+        default=60, ge=1, description="CPU-time limit of that process, in seconds."
+    )
+    sandbox_wall_s: float = Field(
+        default=120.0, gt=0, description="Wall-clock limit of that process, in seconds."
+    )
 
     @property
     def resolved_database_url(self) -> str:

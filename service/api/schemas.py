@@ -1,5 +1,8 @@
 """Request and response bodies of the HTTP API, in families per resource.
 
+The wire format shared by the server and its Python client: at run time it imports pydantic
+and `service.jobs.params` only (a test checks it in a fresh interpreter).
+
 ``POST /prune`` takes the domain's own `service.jobs.params.PruneRequest` as its body, so the
 API and the worker validate job parameters with one class.
 """
@@ -7,14 +10,18 @@ API and the worker validate job parameters with one class.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.datasets import Dataset
-from service.jobs.params import Method
-from service.jobs.table import Job, JobStatus
-from service.versions import ModelRecord, VersionRecord
+from service.jobs.params import JobStatus, Method
+
+if TYPE_CHECKING:
+    # Only the converters' signatures name the tables: at run time this module needs pydantic
+    # alone, so the HTTP client (`service.client`) shares these classes without SQLAlchemy.
+    from service.datasets import Dataset
+    from service.jobs.table import Job
+    from service.versions import ModelRecord, VersionRecord
 
 
 class TensorSpec(BaseModel):

@@ -17,6 +17,7 @@ from service.errors import CompileConfigMissing
 from service.model_loading import COMPILE_KEYS
 
 Method = Literal["percentile", "metric", "pretrain"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Scope = Literal["global", "layer"]
 Reconstruct = Literal["least_squares", "mean"]
 _COMPILE_EXAMPLE = (

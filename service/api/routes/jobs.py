@@ -14,7 +14,7 @@ from service.api.deps import BrokerDep, RegistryDep, SettingsDep, require_read, 
 from service.api.schemas import JobAccepted, JobPublic, JobsPublic
 from service.jobs import state, submission, table
 from service.jobs.params import PruneRequest
-from service.jobs.table import JobStatus
+from service.jobs.params import JobStatus
 
 router = APIRouter(tags=["jobs"])
 
