@@ -136,3 +136,13 @@ class BrokerUnavailable(SpectralError):
 
 class JobCancelled(Exception):
     """Raised inside a running job when a client asked to cancel it (never reaches a client)."""
+
+
+class AliasConflict(SpectralError):
+    """A compare-and-set alias move whose expected version is not the alias's current one.
+
+    ``details["current_version"]`` is where the alias points now (null: it does not exist).
+    """
+
+    status_code = 409
+    code = "alias_conflict"
