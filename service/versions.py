@@ -1,4 +1,4 @@
-"""The registry's tables (models, model versions, aliases) and the immutable records it returns.
+"""The registry's tables (models, versions, aliases, alias moves) and the records it returns.
 
 Rows live in the database; `Registry` (service/registry.py) is the only writer. Records are
 plain frozen dataclasses, safe to hand to other threads and to the HTTP layer.
@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, ForeignKeyConstraint, Integer, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, UtcDateTime
@@ -59,6 +67,24 @@ class AliasRow(Base):
     )
     alias: Mapped[str] = mapped_column(String(100), primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
+
+
+class AliasEventRow(Base):
+    """One move of an alias (created, moved, deleted), written in the transaction that moves it."""
+
+    __tablename__ = "alias_events"
+    __table_args__ = (Index("ix_alias_events_model_alias", "model_id", "alias", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(String(200), ForeignKey("models.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(100))
+    from_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    to_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # "set" | "delete" | "promotion" | "rollback"
+    reason: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 @dataclass(frozen=True)

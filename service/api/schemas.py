@@ -10,7 +10,7 @@ API and the worker validate job parameters with one class.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     # alone, so the HTTP client (`service.client`) shares these classes without SQLAlchemy.
     from service.datasets import Dataset
     from service.jobs.table import Job
-    from service.versions import ModelRecord, VersionRecord
+    from service.versions import AliasEventRow, ModelRecord, VersionRecord
 
 
 class TensorSpec(BaseModel):
@@ -109,13 +109,67 @@ class ModelsPublic(BaseModel):
 
 
 class AliasUpdate(BaseModel):
-    version: int = Field(ge=1)
+    """Body of ``PUT /models/{id}/aliases/{alias}``."""
+
+    version: int = Field(ge=1, description="The version the alias points at afterwards.")
+    if_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Compare-and-set: move the alias only if it points at this version now "
+        "(409 alias_conflict with details.current_version otherwise). Null: move it regardless.",
+    )
+
+
+class AliasRollback(BaseModel):
+    """Optional body of ``POST /models/{id}/aliases/{alias}/rollback``."""
+
+    if_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Roll back only if the alias points at this version now (409 otherwise).",
+    )
 
 
 class AliasPublic(BaseModel):
     model_id: str
     alias: str
     version: int
+
+
+AliasReason = Literal["set", "delete", "promotion", "rollback"]
+
+
+class AliasEventPublic(BaseModel):
+    """One move of an alias: from which version to which, when, and by what."""
+
+    model_id: str
+    alias: str
+    from_version: int | None = Field(description="Null when the move created the alias.")
+    to_version: int | None = Field(description="Null when the move deleted the alias.")
+    at: datetime
+    job_id: str | None = Field(description="The job whose promotion moved it, if a job did.")
+    reason: AliasReason
+    actor: str | None = Field(default=None, description="Who moved it, when known.")
+
+    @classmethod
+    def from_row(cls, row: AliasEventRow) -> AliasEventPublic:
+        return cls(
+            model_id=row.model_id,
+            alias=row.alias,
+            from_version=row.from_version,
+            to_version=row.to_version,
+            at=row.at,
+            job_id=row.job_id,
+            reason=row.reason,  # type: ignore[arg-type]
+            actor=row.actor,
+        )
+
+
+class AliasHistoryPublic(BaseModel):
+    """An alias's moves, newest first."""
+
+    data: list[AliasEventPublic]
+    count: int
 
 
 class PredictRequest(BaseModel):
@@ -159,11 +213,24 @@ class DatasetPublic(BaseModel):
         )
 
 
+class Promotion(BaseModel):
+    """What the promotion gate of a job decided (``POST /prune`` with ``promote``)."""
+
+    alias: str
+    promoted: bool = Field(description="Whether the alias now points at the job's version.")
+    reason: str = Field(description="Why, with the numbers.")
+    metric: str
+    metric_before: float | None = Field(description="The parent version's metric on the dataset.")
+    metric_after: float | None = Field(description="The new version's metric on the dataset.")
+    max_drop_percent: float
+
+
 class JobResult(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
     model_id: str
     version: int
+    promotion: Promotion | None = None
 
 
 class JobPublic(BaseModel):
@@ -192,7 +259,13 @@ class JobPublic(BaseModel):
     def from_row(cls, job: Job) -> JobPublic:
         result = None
         if job.result_version is not None:
-            result = JobResult(model_id=job.model_id, version=job.result_version)
+            # The worker records the gate's decision with the job's report (see worker.runner).
+            promotion = (job.report or {}).get("promotion")
+            result = JobResult(
+                model_id=job.model_id,
+                version=job.result_version,
+                promotion=Promotion.model_validate(promotion) if promotion else None,
+            )
         return cls(
             id=job.id,
             status=job.status,  # type: ignore[arg-type]

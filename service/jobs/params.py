@@ -25,6 +25,29 @@ _COMPILE_EXAMPLE = (
 )
 
 
+class PromoteSpec(BaseModel):
+    """The promotion gate of a job: move ``alias`` to the new version only if ``metric``, on the
+    job's dataset, dropped by at most ``max_drop_percent`` from the parent version's.
+
+    The drop is in percentage points for metrics in [0, 1] where higher is better (accuracy:
+    0.95 -> 0.94 is a drop of 1.0), and the relative change in percent otherwise (for ``loss``,
+    its relative increase).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = Field(min_length=1, max_length=100, description="The alias to move (a slug).")
+    max_drop_percent: float = Field(
+        ge=0, le=100, description="The largest drop of the metric that still promotes."
+    )
+    metric: str = Field(
+        default="accuracy",
+        min_length=1,
+        max_length=200,
+        description='One of the model\'s compiled metrics, or "loss".',
+    )
+
+
 class PruneParams(BaseModel):
     """The method of a pruning job and its parameters."""
 
@@ -108,6 +131,12 @@ class PruneParams(BaseModel):
         le=20,
         description="Remove the nodes in this many rounds, with reconstruction and recovery "
         "after each (gradual pruning).",
+    )
+
+    promote: PromoteSpec | None = Field(
+        default=None,
+        description="On success, move this alias to the new version if the metric on "
+        "dataset_id dropped by at most max_drop_percent (needs dataset_id).",
     )
 
     @model_validator(mode="after")
