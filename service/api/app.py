@@ -11,6 +11,7 @@ from service.api.broker import JobBroker
 from service.api.errors import install_error_handlers
 from service.api.routes import aliases, datasets, jobs, models, ops, predict
 from service.api.routes.docs import install_docs
+from service.api.ui import install_ui
 from service.db import Database, upgrade_database
 from service.inference import ModelCache, Predictor
 from service.metrics import ServiceMetrics
@@ -84,4 +85,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (ops, models, aliases, predict, datasets, jobs):
         app.include_router(module.router)
     install_docs(app)
+    install_ui(app)
     return app
