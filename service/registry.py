@@ -1,5 +1,9 @@
 """The model registry: models, their immutable integer versions, and named aliases.
 
+Every move of an alias (set, delete, a job's promotion, rollback) is written to `alias_events`
+in the transaction that moves it, and each move is a compare-and-set on the version the alias
+was read at, so two concurrent moves can never both believe they won.
+
 Rows live in the database (tables and records: `service.versions`); the .keras bytes live in
 the content-addressed `ArtifactStore` under ``<data_dir>/artifacts``. An upload is validated
 completely before anything is written, so a rejected upload leaves no row and no file behind.
@@ -15,13 +19,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.artifacts import ArtifactStore
 from service.db import Database, utcnow
 from service.errors import (
+    AliasConflict,
     AliasNotFound,
     InvalidInput,
     ModelExists,
@@ -33,6 +38,8 @@ from service.model_loading import inspect_artifact, load_model_bytes
 from service.settings import Settings
 from service.versions import (
     MAX_VERSION,
+    AliasEvent,
+    AliasEventRow,
     AliasRow,
     ModelRecord,
     ModelRow,
@@ -44,6 +51,19 @@ logger = logging.getLogger(__name__)
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 _ADD_VERSION_ATTEMPTS = 8
+_ALIAS_MOVE_ATTEMPTS = 8
+
+
+class _AnyVersion:
+    """The expectation of an unconditional move: whatever the alias points at now."""
+
+
+ANY_VERSION = _AnyVersion()
+"""Pass as ``expected`` to move an alias wherever it points now (still recorded exactly)."""
+
+
+class _AliasRaced(Exception):
+    """An unconditional move lost a race with another move between its read and its write."""
 
 
 def check_slug(value: str, what: str) -> str:
@@ -126,11 +146,16 @@ class Registry:
         job_id: str | None = None,
         report: dict[str, Any] | None = None,
         report_png: bytes | None = None,
+        promote_alias: str | None = None,
     ) -> VersionRecord:
         """Adds the next version of ``model_id``; idempotent on ``job_id``.
 
         If a version made by ``job_id`` already exists it is returned unchanged, so a retried job
-        never creates a second version.
+        never creates a second version (nor moves ``promote_alias`` again).
+
+        Args:
+            promote_alias: Point this alias at the new version in the same transaction that
+                records it (a job's promotion gate passed), recorded as a "promotion" move.
 
         Raises:
             ModelNotFound: no such model.
@@ -165,7 +190,17 @@ class Registry:
                     session.add(row)
                     session.flush()
                     record = VersionRecord.from_row(row)
-            except IntegrityError:
+                    if promote_alias is not None:
+                        _move_alias(
+                            session,
+                            model_id,
+                            promote_alias,
+                            record.version,
+                            expected=ANY_VERSION,
+                            reason="promotion",
+                            job_id=job_id,
+                        )
+            except (IntegrityError, _AliasRaced):
                 # Either the same job won the race (return its version) or another upload took
                 # this version number (try the next one).
                 if job_id is not None:
@@ -177,23 +212,125 @@ class Registry:
             return record
         raise RuntimeError(f"Could not allocate a version number for {model_id!r}")
 
-    def set_alias(self, model_id: str, alias: str, version: int) -> None:
-        check_slug(alias, "alias")
-        with self.database.session() as session:
-            self._require_version(session, model_id, version)
-            row = session.get(AliasRow, (model_id, alias))
-            if row is None:
-                session.add(AliasRow(model_id=model_id, alias=alias, version=version))
-            else:
-                row.version = version
+    def set_alias(
+        self,
+        model_id: str,
+        alias: str,
+        version: int,
+        *,
+        if_version: int | None = None,
+        actor: str | None = None,
+    ) -> AliasEvent:
+        """Points ``alias`` at ``version`` (creating or moving it) and records the move.
 
-    def delete_alias(self, model_id: str, alias: str) -> None:
+        Args:
+            if_version: Compare-and-set: move only if the alias points at this version now.
+                None: move it wherever it points.
+
+        Raises:
+            InvalidInput: ``alias`` is not a slug.
+            ModelNotFound, VersionNotFound: no such model or version.
+            AliasConflict: ``if_version`` is given and the alias points elsewhere (or nowhere).
+        """
+        check_slug(alias, "alias")
+        expected: int | None | _AnyVersion = ANY_VERSION if if_version is None else if_version
+
+        def move(session: Session) -> AliasEvent:
+            self._require_version(session, model_id, version)
+            return _move_alias(
+                session, model_id, alias, version, expected=expected, reason="set", actor=actor
+            )
+
+        return self._retry_alias_move(move)
+
+    def delete_alias(self, model_id: str, alias: str, *, actor: str | None = None) -> AliasEvent:
+        """Removes ``alias`` and records the move.
+
+        Raises:
+            ModelNotFound: no such model.
+            AliasNotFound: the model has no such alias.
+        """
+
+        def move(session: Session) -> AliasEvent:
+            self._require_model(session, model_id)
+            return _move_alias(
+                session, model_id, alias, None, expected=ANY_VERSION, reason="delete", actor=actor
+            )
+
+        return self._retry_alias_move(move)
+
+    def rollback_alias(
+        self,
+        model_id: str,
+        alias: str,
+        *,
+        if_version: int | None = None,
+        actor: str | None = None,
+    ) -> AliasEvent:
+        """Moves ``alias`` back to where its latest move took it from; records a "rollback".
+
+        Rolling back twice undoes the first rollback: the rollback is itself the latest move.
+
+        Raises:
+            ModelNotFound: no such model.
+            AliasConflict: nothing to roll back to (no recorded move, or the latest move created
+                the alias), ``if_version`` differs from the current version, or another move
+                of the alias happened meanwhile.
+        """
+        try:
+            return self._rollback_alias(model_id, alias, if_version, actor)
+        except IntegrityError:
+            # The alias was deleted, and another request created it while this one restored it.
+            raise _conflict(model_id, alias, None, self.alias_version(model_id, alias)) from None
+
+    def _rollback_alias(
+        self, model_id: str, alias: str, if_version: int | None, actor: str | None
+    ) -> AliasEvent:
         with self.database.session() as session:
             self._require_model(session, model_id)
-            row = session.get(AliasRow, (model_id, alias))
-            if row is None:
-                raise AliasNotFound(f"Model {model_id!r} has no alias {alias!r}")
-            session.delete(row)
+            current = _alias_version(session, model_id, alias)
+            last = session.scalars(
+                select(AliasEventRow)
+                .where(
+                    AliasEventRow.model_id == model_id,
+                    AliasEventRow.alias == alias,
+                    # Only moves that changed it: a PUT of the version it had is no move back.
+                    AliasEventRow.from_version.is_distinct_from(AliasEventRow.to_version),
+                )
+                .order_by(AliasEventRow.id.desc())
+                .limit(1)
+            ).first()
+            if last is None or last.from_version is None:
+                what = "has no recorded move" if last is None else "was created by its last move"
+                raise AliasConflict(
+                    f"Alias {alias!r} of model {model_id!r} {what}: there is no previous "
+                    "version to roll back to",
+                    details={"current_version": current},
+                )
+            if if_version is not None and if_version != current:
+                raise _conflict(model_id, alias, if_version, current)
+            # Against the version read here: a concurrent move makes this one conflict instead
+            # of rolling back a move it never saw.
+            return _move_alias(
+                session,
+                model_id,
+                alias,
+                last.from_version,
+                expected=current,
+                reason="rollback",
+                actor=actor,
+            )
+
+    def _retry_alias_move(self, move: Callable[[Session], AliasEvent]) -> AliasEvent:
+        # An unconditional move that raced another one (its compare-and-set on the version it
+        # read failed, or two sessions created the alias at once) reads again and retries.
+        for _ in range(_ALIAS_MOVE_ATTEMPTS):
+            try:
+                with self.database.session() as session:
+                    return move(session)
+            except (_AliasRaced, IntegrityError):
+                continue
+        raise RuntimeError("Could not move the alias: too many concurrent moves")
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -249,6 +386,25 @@ class Registry:
                 self._require_model(session, model_id)
                 raise VersionNotFound(f"Model {model_id!r} has no versions")
             return VersionRecord.from_row(row)
+
+    def alias_history(
+        self, model_id: str, alias: str, *, limit: int = 100, offset: int = 0
+    ) -> list[AliasEvent]:
+        """The alias's recorded moves, newest first (empty if it never existed).
+
+        Raises:
+            ModelNotFound: no such model.
+        """
+        with self.database.session() as session:
+            self._require_model(session, model_id)
+            rows = session.scalars(
+                select(AliasEventRow)
+                .where(AliasEventRow.model_id == model_id, AliasEventRow.alias == alias)
+                .order_by(AliasEventRow.id.desc())
+                .limit(limit)
+                .offset(offset)
+            ).all()
+            return [AliasEvent.from_row(row) for row in rows]
 
     def alias_version(self, model_id: str, alias: str) -> int | None:
         with self.database.session() as session:
@@ -328,3 +484,88 @@ class Registry:
             versions=[VersionRecord.from_row(v) for v in versions],
             aliases={a.alias: a.version for a in sorted(aliases, key=lambda a: a.alias)},
         )
+
+
+# -- alias moves ----------------------------------------------------------------------------------
+
+
+def _alias_version(session: Session, model_id: str, alias: str) -> int | None:
+    # FOR UPDATE on PostgreSQL: a concurrent move waits for this transaction, then reads the
+    # version it left. SQLite ignores it; there the conditional write below decides instead.
+    return session.scalar(
+        select(AliasRow.version)
+        .where(AliasRow.model_id == model_id, AliasRow.alias == alias)
+        .with_for_update()
+    )
+
+
+def _conflict(
+    model_id: str, alias: str, expected: int | None, current: int | None
+) -> AliasConflict:
+    now = "does not exist" if current is None else f"points at version {current}"
+    wanted = "not to exist" if expected is None else f"to point at version {expected}"
+    return AliasConflict(
+        f"Alias {alias!r} of model {model_id!r} {now}; the request expected it {wanted}",
+        details={"current_version": current},
+    )
+
+
+def _move_alias(
+    session: Session,
+    model_id: str,
+    alias: str,
+    to_version: int | None,
+    *,
+    expected: int | None | _AnyVersion,
+    reason: str,
+    job_id: str | None = None,
+    actor: str | None = None,
+) -> AliasEvent:
+    """Moves (``to_version`` None: deletes) the alias and records the move, in ``session``.
+
+    The write is conditional on the version read just before, so it is a compare-and-set on
+    both databases.
+
+    Raises:
+        AliasConflict: ``expected`` is a version (or None: absent) and the alias is elsewhere.
+        AliasNotFound: deleting an alias that does not exist.
+        _AliasRaced: an unconditional move raced another one (the caller retries).
+        IntegrityError: another session created the alias at the same moment.
+    """
+    current = _alias_version(session, model_id, alias)
+    if not isinstance(expected, _AnyVersion) and expected != current:
+        raise _conflict(model_id, alias, expected, current)
+    if current is None:
+        if to_version is None:
+            raise AliasNotFound(f"Model {model_id!r} has no alias {alias!r}")
+        session.add(AliasRow(model_id=model_id, alias=alias, version=to_version))
+        session.flush()
+    else:
+        where = (
+            AliasRow.model_id == model_id,
+            AliasRow.alias == alias,
+            AliasRow.version == current,
+        )
+        statement = (
+            delete(AliasRow).where(*where)
+            if to_version is None
+            else update(AliasRow).where(*where).values(version=to_version)
+        )
+        result = session.execute(statement.execution_options(synchronize_session=False))
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            if isinstance(expected, _AnyVersion):
+                raise _AliasRaced()
+            raise _conflict(model_id, alias, expected, _alias_version(session, model_id, alias))
+    row = AliasEventRow(
+        model_id=model_id,
+        alias=alias,
+        from_version=current,
+        to_version=to_version,
+        at=utcnow(),
+        job_id=job_id,
+        reason=reason,
+        actor=actor,
+    )
+    session.add(row)
+    session.flush()
+    return AliasEvent.from_row(row)

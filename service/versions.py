@@ -142,3 +142,30 @@ class ModelRecord:
     @property
     def latest_version(self) -> int | None:
         return self.versions[-1].version if self.versions else None
+
+
+@dataclass(frozen=True)
+class AliasEvent:
+    """One recorded move of an alias, as stored."""
+
+    model_id: str
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    at: datetime
+    job_id: str | None
+    reason: str
+    actor: str | None = None
+
+    @classmethod
+    def from_row(cls, row: AliasEventRow) -> AliasEvent:
+        return cls(
+            model_id=row.model_id,
+            alias=row.alias,
+            from_version=row.from_version,
+            to_version=row.to_version,
+            at=row.at,
+            job_id=row.job_id,
+            reason=row.reason,
+            actor=row.actor,
+        )

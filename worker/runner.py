@@ -1,8 +1,10 @@
 """Running one pruning job from the `jobs` table to its end: `execute_job`.
 
 A job claims its row, then goes through four steps, each a function here: load the inputs,
-run the method (the `METHODS` table: percentile, metric, pretrain), measure the result, and
-save it as ONE new version of the same model through the registry (idempotent on the job id).
+run the method (the `METHODS` table: percentile, metric, pretrain), measure the result (and,
+with ``promote``, run the promotion gate), and save it as ONE new version of the same model
+through the registry (idempotent on the job id), moving the alias in that same transaction
+when the gate passed.
 Progress goes to the job's row, which is also how a client's cancel request reaches the job.
 Every parameter arrives typed, with its default, as `PruneParams`.
 
@@ -29,11 +31,15 @@ import spectral
 from service.datasets import dataset_store, load_dataset
 from service.errors import JobCancelled, JobInputError
 from service.jobs import state
-from service.jobs.params import Method, PruneParams
+from service.jobs.params import Method, PromoteSpec, PruneParams
+from service.jobs.promotion import PromotionDecision, decide
 from service.model_loading import load_model_bytes
 from service.registry import Registry
 from service.settings import Settings
 from service.versions import VersionRecord
+from spectral.compiling import compile_model
+from spectral.evaluation import evaluate
+from spectral.search import lower_is_better, pick_metric
 from worker.progress import LIBRARY_END, LIBRARY_START, Heartbeat, JobProgress
 from worker.sessions import database, fail_job, job_session
 
@@ -97,8 +103,27 @@ def run_job(claim: state.Claim, settings: Settings) -> tuple[int, dict[str, Any]
         "attempt": claim.attempt,
     }
 
+    promote = claim.params.promote
+    if promote is not None:
+        progress.step(0.93, f"promotion gate: {promote.metric} before and after")
+        decision = promotion_gate(promote, claim.params, inputs, registry, report, data)
+        report["promotion"] = decision.to_dict()
+
     progress.step(0.95, "storing the new version")
-    return save(claim, registry, inputs.record, data, result, report), report
+    record = save(
+        claim,
+        registry,
+        inputs.record,
+        data,
+        result,
+        report,
+        promote_alias=promote.alias if promote and report["promotion"]["promoted"] else None,
+    )
+    if promote is not None and record.report is not None:
+        # A retried job gets the version (and alias move) of its earlier attempt back: the
+        # gate that attempt ran is the one that counted.
+        report["promotion"] = record.report.get("promotion", report["promotion"])
+    return record.version, report
 
 
 # -- step 1: the inputs ---------------------------------------------------------------------------
@@ -322,6 +347,47 @@ def _keras_bytes(model: Any) -> bytes:
         return path.read_bytes()
 
 
+# -- step 3b: the promotion gate ------------------------------------------------------------------
+
+
+def promotion_gate(
+    promote: PromoteSpec,
+    params: PruneParams,
+    inputs: JobInputs,
+    registry: Registry,
+    report: dict[str, Any],
+    data: bytes,
+) -> PromotionDecision:
+    """Compares ``promote.metric`` of the parent and the new version on the job's dataset.
+
+    Reuses the report's before/after when the library measured that metric of those two models
+    (percentile and metric methods; pretrain's "before" is the pretrained model, not the
+    parent), else evaluates both stored artifacts afresh.
+    """
+    if promote.metric == params.compare_metric and params.higher_is_better is not None:
+        lower = not params.higher_is_better
+    else:
+        lower = lower_is_better(promote.metric)
+    before, after = report.get("metric_before"), report.get("metric_after")
+    if params.method == "pretrain" or report.get("metric_name") != promote.metric:
+        before = after = None
+    if before is None or after is None:
+        try:
+            before = _metric_of(registry.read_artifact(inputs.record), inputs, promote.metric)
+            after = _metric_of(data, inputs, promote.metric)
+        except ValueError as exc:  # the metric is not among the evaluation results
+            return decide(promote, None, None, lower_is_better=lower, unmeasured=str(exc))
+    return decide(promote, before, after, lower_is_better=lower)
+
+
+def _metric_of(artifact: bytes, inputs: JobInputs, metric: str) -> float:
+    """``metric`` of a stored artifact on the job's dataset, compiled as the job compiles."""
+    model = load_model_bytes(artifact)
+    compile_model(model, model, inputs.compile_kwargs, required=True)
+    assert inputs.eval_dictionary is not None  # submission requires a dataset with promote
+    return pick_metric(evaluate(model, inputs.eval_dictionary), metric)
+
+
 # -- step 4: saving the new version ---------------------------------------------------------------
 
 
@@ -332,19 +398,25 @@ def save(
     data: bytes,
     result: spectral.PruningResult,
     report: dict[str, Any],
-) -> int:
-    """Store the pruned model as the next version, with its lineage, report and report image."""
-    new = registry.add_version(
+    *,
+    promote_alias: str | None = None,
+) -> VersionRecord:
+    """Store the pruned model as the next version, with its lineage, report and report image,
+    and point ``promote_alias`` at it in the same transaction (the gate passed)."""
+    params = claim.params.recorded()
+    # The gate decided whether to move an alias; it is not how the version was made.
+    params.pop("promote", None)
+    return registry.add_version(
         claim.model_id,
         data,
         parent_version=parent.version,
         lineage={
             "job_id": claim.job_id,
             "method": claim.params.method,
-            "params": claim.params.recorded(),
+            "params": params,
         },
         job_id=claim.job_id,
         report=report,
         report_png=spectral.plot_report(result.report),
+        promote_alias=promote_alias,
     )
-    return new.version

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     # alone, so the HTTP client (`service.client`) shares these classes without SQLAlchemy.
     from service.datasets import Dataset
     from service.jobs.table import Job
-    from service.versions import AliasEventRow, ModelRecord, VersionRecord
+    from service.versions import AliasEvent, ModelRecord, VersionRecord
 
 
 class TensorSpec(BaseModel):
@@ -152,16 +152,16 @@ class AliasEventPublic(BaseModel):
     actor: str | None = Field(default=None, description="Who moved it, when known.")
 
     @classmethod
-    def from_row(cls, row: AliasEventRow) -> AliasEventPublic:
+    def from_record(cls, event: AliasEvent) -> AliasEventPublic:
         return cls(
-            model_id=row.model_id,
-            alias=row.alias,
-            from_version=row.from_version,
-            to_version=row.to_version,
-            at=row.at,
-            job_id=row.job_id,
-            reason=row.reason,  # type: ignore[arg-type]
-            actor=row.actor,
+            model_id=event.model_id,
+            alias=event.alias,
+            from_version=event.from_version,
+            to_version=event.to_version,
+            at=event.at,
+            job_id=event.job_id,
+            reason=event.reason,  # type: ignore[arg-type]
+            actor=event.actor,
         )
 
 

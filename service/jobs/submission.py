@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -17,11 +18,11 @@ from sqlalchemy.orm import Session
 
 from service.datasets import get_dataset
 from service.db import utcnow
-from service.errors import BrokerUnavailable, IdempotencyConflict
-from service.jobs.params import PruneRequest
+from service.errors import BrokerUnavailable, IdempotencyConflict, InvalidInput
+from service.jobs.params import PromoteSpec, PruneRequest
 from service.jobs.state import mark_failed
 from service.jobs.table import Job
-from service.registry import Registry
+from service.registry import Registry, check_slug
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def submit_job(
     Raises:
         ModelNotFound, VersionNotFound, AliasNotFound, DatasetNotFound: unknown references.
         CompileConfigMissing: a dataset must be evaluated but nothing says how to compile.
+        InvalidInput: ``promote`` without a dataset, with a bad alias or an unknown metric.
         IdempotencyConflict: the key was used with another body.
         BrokerUnavailable: the message could not be sent (the job is then failed).
     """
@@ -59,7 +61,9 @@ def submit_job(
         for dataset_id in request.dataset_ids:
             get_dataset(session, dataset_id)
     what = f"Model {record.model_id!r} version {record.version}"
-    request.compile_for(record.compile_config, what)
+    compile_config = request.compile_for(record.compile_config, what)
+    if request.promote is not None:
+        check_promotion(request.promote, request.dataset_id, compile_config)
     with registry.database.session() as session:
         new = create_job(
             session,
@@ -77,6 +81,58 @@ def submit_job(
                 mark_failed(session, new.job.id, f"Broker unavailable: {exc}")
             raise BrokerUnavailable(f"The job broker is unavailable: {exc}") from exc
     return new
+
+
+def check_promotion(
+    promote: PromoteSpec, dataset_id: str | None, compile_config: dict[str, Any] | None
+) -> None:
+    """Checks a promotion gate before the job runs, so a typo fails the request, not the job.
+
+    Raises:
+        InvalidInput: no dataset to compare on, an alias that is not a slug, or a metric the
+            compiled model does not report.
+    """
+    if dataset_id is None:
+        raise InvalidInput(
+            "promote needs dataset_id: the gate compares the metric before and after on it "
+            "(upload via POST /datasets)"
+        )
+    check_slug(promote.alias, "promote.alias")
+    reported = compiled_metric_names(compile_config)
+    # Multi-output models prefix each metric with its output's name ("digits_accuracy").
+    if promote.metric == "loss" or any(
+        promote.metric == name or promote.metric.endswith(f"_{name}") for name in reported
+    ):
+        return
+    raise InvalidInput(
+        f"promote.metric must be one of the model's compiled metrics or 'loss'. Available: "
+        f"{sorted({'loss', *reported})}. Received: {promote.metric!r}"
+    )
+
+
+def compiled_metric_names(compile_config: dict[str, Any] | None) -> set[str]:
+    """The names of the metrics (and weighted metrics) a compile config asks for."""
+    names: set[str] = set()
+
+    def collect(value: Any) -> None:
+        if isinstance(value, str):
+            names.add(value)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                collect(item)
+        elif isinstance(value, dict):
+            if "class_name" in value:  # a serialized metric object
+                config = value.get("config")
+                name = config.get("name") if isinstance(config, dict) else None
+                if isinstance(name, str):
+                    names.add(name)
+            else:  # per-output metrics
+                for item in value.values():
+                    collect(item)
+
+    for key in ("metrics", "weighted_metrics"):
+        collect((compile_config or {}).get(key))
+    return names
 
 
 def create_job(
