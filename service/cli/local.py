@@ -1,185 +1,20 @@
-"""The ``spectral`` command line.
+"""``spectral prune``: prunes a local ``.keras`` file with the library alone, no server.
 
-- ``spectral prune`` prunes a local ``.keras`` file with the library alone;
-- ``spectral serve`` runs the API plus one embedded worker process, ``spectral api`` the API
-  only, ``spectral worker`` a worker. Workers are started by module name
-  (``python -m worker``), so nothing here imports the worker package.
-
-Only typer and the standard library are imported up front: a plain install (without the
-``[service]`` extra) can still prune, and the server commands say which extra they need.
+It needs keras and the library only (a plain ``pip install spectral-pruning`` plus a Keras
+backend), and imports them inside the command.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-if TYPE_CHECKING:
-    from service.settings import Settings
-
-app = typer.Typer(
-    help="Spectral pruning: the library's pruning, the service and its workers.",
-    no_args_is_help=True,
-)
-console = Console(stderr=True)
-
-SERVICE_EXTRA = 'pip install "spectral-pruning[service]"'
-
-
-def _configure_logging() -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=os.environ.get("SPECTRAL_LOG_LEVEL", "INFO"),
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
-
-
-@contextmanager
-def _needs_service_extra(command: str) -> Iterator[None]:
-    """Turns a missing server dependency into a message that names the extra to install."""
-    try:
-        yield
-    except ModuleNotFoundError as exc:
-        # Escaped: rich would read "[service]" as markup and drop it.
-        console.print(
-            f"[bold red]error[/]: `spectral {command}` needs the service extra "
-            f"({exc.name} is not installed): {escape(SERVICE_EXTRA)}"
-        )
-        raise typer.Exit(code=2) from exc
-
-
-def worker_command(
-    queues: Sequence[str] | None = None, *, concurrency: int = 1, loglevel: str = "INFO"
-) -> list[str]:
-    """The command line of a worker process (``python -m worker``); queues default to the
-    worker's settings' `all_queues`."""
-    argv = [sys.executable, "-m", "worker", "--concurrency", str(concurrency)]
-    if queues:
-        argv += ["--queues", ",".join(queues)]
-    return argv + ["--loglevel", loglevel]
-
-
-def start_worker(settings: Settings, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
-    """Start a worker for ``settings`` as a child in its own process group, so the caller can
-    stop it together with its pool children."""
-    env = {**os.environ, **settings.to_env(), **popen_kwargs.pop("env", {})}
-    return subprocess.Popen(worker_command(), env=env, start_new_session=True, **popen_kwargs)
-
-
-def _run_api(host: str, port: int, workers: int) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        "service.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-    )
-
-
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Registry, artifacts and embedded broker directory.")
-    ] = None,
-) -> None:
-    """Runs the API on the embedded defaults (SQLite registry under --data-dir), and one
-    Celery worker process on the embedded SQLite broker unless SPECTRAL_EMBEDDED_WORKER=false."""
-    with _needs_service_extra("serve"):
-        from service.db import upgrade_database
-        from service.settings import Settings
-    _configure_logging()
-    if data_dir is not None:
-        # The factory reads settings from the environment in each uvicorn process.
-        os.environ["SPECTRAL_DATA_DIR"] = str(data_dir)
-    settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    console.print(
-        f"[bold]spectral serve[/]: data in {settings.data_dir.resolve()}, "
-        f"API on http://{host or settings.host}:{port or settings.port} (docs at /docs)"
-    )
-    worker_process = None
-    if settings.embedded_worker:
-        # Migrate before two processes race to create the same SQLite tables.
-        upgrade_database(settings)
-        worker_process = start_worker(settings)
-        console.print(f"[bold]spectral serve[/]: embedded worker pid {worker_process.pid}")
-    # uvicorn restores the previous SIGTERM handler after its graceful shutdown and raises the
-    # signal again; with the default handler that would end this process before `finally`
-    # stops the worker, leaving it orphaned (docker stop, systemd and Kubernetes send SIGTERM).
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        with _needs_service_extra("serve"):
-            _run_api(host or settings.host, port or settings.port, 1)
-    finally:
-        if worker_process is not None:
-            _stop_worker(worker_process)
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    """Warm shutdown (SIGTERM lets a running job finish its step), then kill the group."""
-    worker.terminate()
-    try:
-        worker.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=10)
-
-
-@app.command()
-def api(
-    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
-    workers: Annotated[int | None, typer.Option(help="uvicorn worker processes.")] = None,
-) -> None:
-    """Runs only the API (uvicorn), configured from SPECTRAL_* environment variables."""
-    with _needs_service_extra("api"):
-        from service.settings import Settings
-
-        _configure_logging()
-        settings = Settings()
-        _run_api(host or settings.host, port or settings.port, workers or settings.api_workers)
-
-
-@app.command()
-def worker(
-    queues: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated queues. Default: the default queue and routed ones."),
-    ] = None,
-    concurrency: Annotated[int, typer.Option(help="Pool processes (one job each).")] = 1,
-    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
-) -> None:
-    """Runs a Celery worker for pruning jobs (broker from SPECTRAL_BROKER_URL)."""
-    with _needs_service_extra("worker"):
-        import celery  # noqa: F401  (checked here, so a missing extra is named, not a traceback)
-    argv = worker_command(
-        queues.split(",") if queues else None, concurrency=concurrency, loglevel=loglevel
-    )
-    # The worker replaces this process, so signals from a supervisor reach Celery directly.
-    os.execv(sys.executable, argv)
+from service.cli.output import console, emit_json
+from service.cli.server import configure_logging
 
 
 def _read_npz(path: Path, *required: str) -> dict[str, Any]:
@@ -248,7 +83,6 @@ def _compression_options(
     return options
 
 
-@app.command()
 def prune(
     model: Annotated[Path, typer.Argument(help="Trained .keras model with Spectral layers.")],
     output: Annotated[Path, typer.Argument(help="Where to write the pruned .keras model.")],
@@ -297,13 +131,16 @@ def prune(
     ] = None,
     steps: Annotated[int, typer.Option(help="Remove the nodes in this many rounds.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Batch size of recovery training.")] = 32,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as one JSON document on stdout.")
+    ] = False,
 ) -> None:
     """Prunes a .keras file locally, without a server (e.g. in a CI step before deploy)."""
     import keras
 
     import spectral
 
-    _configure_logging()
+    configure_logging()
     try:
         arrays = _read_npz(data, "x", "y") if data is not None else None
         eval_dictionary = None if arrays is None else {"x": arrays["x"], "y": arrays["y"]}
@@ -336,6 +173,8 @@ def prune(
     summary = result.to_dict()
     if report is not None:
         report.write_text(json.dumps(summary, indent=2))
+    if as_json:
+        emit_json(summary)
     metric = ""
     if summary["metric_before"] is not None and summary["metric_after"] is not None:
         metric = (
@@ -346,7 +185,3 @@ def prune(
         f"units {summary['units_before']} -> {summary['units_after']}, "
         f"params {summary['params_before']} -> {summary['params_after']}{metric}; wrote {output}"
     )
-
-
-if __name__ == "__main__":
-    app()

@@ -1,0 +1,5 @@
+"""``python -m service.cli``: the ``spectral`` command."""
+
+from service.cli import main
+
+main()
