@@ -288,7 +288,10 @@ class Registry:
     ) -> AliasEvent:
         with self.database.session() as session:
             self._require_model(session, model_id)
-            current = _alias_version(session, model_id, alias)
+            # Not locked: a rollback that waited on a concurrent one must see, when it moves,
+            # that the alias is no longer where it was read here, and conflict, instead of
+            # rolling back the other rollback.
+            current = _alias_version(session, model_id, alias, lock=False)
             last = session.scalars(
                 select(AliasEventRow)
                 .where(
@@ -489,14 +492,11 @@ class Registry:
 # -- alias moves ----------------------------------------------------------------------------------
 
 
-def _alias_version(session: Session, model_id: str, alias: str) -> int | None:
+def _alias_version(session: Session, model_id: str, alias: str, *, lock: bool = True) -> int | None:
     # FOR UPDATE on PostgreSQL: a concurrent move waits for this transaction, then reads the
     # version it left. SQLite ignores it; there the conditional write below decides instead.
-    return session.scalar(
-        select(AliasRow.version)
-        .where(AliasRow.model_id == model_id, AliasRow.alias == alias)
-        .with_for_update()
-    )
+    query = select(AliasRow.version).where(AliasRow.model_id == model_id, AliasRow.alias == alias)
+    return session.scalar(query.with_for_update() if lock else query)
 
 
 def _conflict(
