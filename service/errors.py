@@ -80,6 +80,25 @@ class Unauthorized(SpectralError):
     code = "unauthorized"
 
 
+class Forbidden(SpectralError):
+    """A valid token whose scope does not allow the request (read-only, or a model name
+    outside its patterns)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class RateLimited(SpectralError):
+    """The caller's rate limit is spent; the response carries ``Retry-After``."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, details={"retry_after_s": retry_after_s})
+        self.retry_after_s = retry_after_s
+
+
 class ArtifactCorrupted(SpectralError):
     """A stored artifact whose bytes no longer match their sha256."""
 

@@ -48,6 +48,37 @@ class Settings(BaseSettings):
     protect_reads: bool = Field(
         default=False, description="Also require the bearer token for reads."
     )
+    tokens_file: Path | None = Field(
+        default=None,
+        description="TOML or JSON file of scoped tokens (sha256, read/write, model names or "
+        "prefixes); see service/tokens.py. With it, writes need a token even without api_token.",
+    )
+    rate_limit_writes_per_min: float | None = Field(
+        default=None,
+        gt=0,
+        description="Writes each caller (token, or address when anonymous) may make per minute; "
+        "past it, 429 with Retry-After. Unset: no limit. Counted per API process.",
+    )
+    rate_limit_predicts_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Predict requests each caller may make per second; past it, 429 with "
+        "Retry-After. Unset: no limit. Counted per API process.",
+    )
+    max_json_depth: int = Field(
+        default=32,
+        ge=2,
+        le=200,
+        description="Deepest nesting of arrays/objects accepted in a JSON body or query; past "
+        "it, 400.",
+    )
+    max_json_number_chars: int = Field(
+        default=100,
+        ge=20,
+        le=4000,
+        description="Longest number literal accepted in a JSON body or query, in characters; "
+        "past it, 400 (Python refuses integers past 4300 digits).",
+    )
     default_queue: str = Field(default="spectral", description="Celery queue for pruning jobs.")
     queue_routes: dict[str, str] = Field(
         default_factory=dict,

@@ -8,15 +8,18 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.broker import JobBroker
+from service.api.deps import RateLimiters
 from service.api.errors import install_error_handlers
+from service.api.guard import RequestGuard
+from service.api.openapi import install_openapi
 from service.api.routes import aliases, datasets, jobs, models, ops, predict
 from service.api.routes.docs import install_docs
-from service.api.ui import install_ui
 from service.db import Database, upgrade_database
 from service.inference import ModelCache, Predictor
 from service.metrics import ServiceMetrics
 from service.registry import Registry
 from service.settings import Settings
+from service.tokens import TokenTable
 
 
 class HttpMetrics:
@@ -56,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     alone; the process-wide `get_settings` cache is left untouched.
     """
     settings = settings or Settings()
+    # Read first: a broken token file stops the start-up, before anything is served.
+    tokens = TokenTable.load(settings.tokens_file)
     upgrade_database(settings)
     database = Database(settings)
     registry = Registry.from_settings(settings, database)
@@ -76,14 +81,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.broker = broker
+    app.state.tokens = tokens
+    app.state.rate_limiters = RateLimiters.from_settings(settings)
     app.state.model_cache = ModelCache(registry.load_keras_model, settings.model_cache_size)
     app.state.predictor = Predictor(app.state.model_cache, settings.max_batch, metrics)
     app.state.readiness_checks = [("database", database.ping), ("broker", broker.check)]
 
     install_error_handlers(app)
+    # HttpMetrics, added last, is outermost: it counts the guard's refusals too.
+    app.add_middleware(RequestGuard)
     app.add_middleware(HttpMetrics, metrics=metrics)
     for module in (ops, models, aliases, predict, datasets, jobs):
         app.include_router(module.router)
     install_docs(app)
-    install_ui(app)
+    install_openapi(app)
     return app

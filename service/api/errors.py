@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.errors import PayloadTooLarge, SpectralError
+from service.errors import PayloadTooLarge, RateLimited, SpectralError
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +23,17 @@ def _body(code: str, message: str, details: object = None) -> dict[str, object]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
+def error_response(exc: SpectralError) -> JSONResponse:
+    """The response for ``exc``, with the headers its status calls for (401, 429)."""
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers or None)
+
+
 async def _spectral_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SpectralError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+    return error_response(exc)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -8,10 +8,18 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 from fastapi.responses import JSONResponse, Response
 
-from service.api.deps import RegistryDep, SettingsDep, require_read, require_write
+from service.api.deps import (
+    ReaderDep,
+    RegistryDep,
+    SettingsDep,
+    WriterDep,
+    require_read,
+    require_write,
+)
 from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_upload
+from service.api.params import VersionPath
 from service.api.schemas import ModelPublic, ModelsPublic, VersionPublic, VersionsPublic
-from service.errors import ReportNotFound, UnsupportedMediaType
+from service.errors import Forbidden, ReportNotFound, UnsupportedMediaType
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,17 +50,22 @@ def _upload_bytes(file: UploadFile, settings: Settings) -> bytes:
 def create_model(
     registry: RegistryDep,
     settings: SettingsDep,
+    principal: WriterDep,
     file: Annotated[UploadFile, File(description="A .keras model file.")],
     name: Annotated[str, Form(description="The model's id: a lowercase slug.")],
 ) -> VersionPublic:
     """Registers a new model; the upload becomes version 1."""
+    if not principal.sees(name):
+        # 403 whether or not the name is taken, so the answer tells nothing about other models.
+        raise Forbidden("This token may not create a model with this name")
     record = registry.create_model(name, _upload_bytes(file, settings))
     return VersionPublic.from_record(record)
 
 
 @router.get("", response_model=ModelsPublic, dependencies=ReadAuth)
-def list_models(registry: RegistryDep) -> ModelsPublic:
-    models = [ModelPublic.from_record(m) for m in registry.list_models()]
+def list_models(registry: RegistryDep, principal: ReaderDep) -> ModelsPublic:
+    """Every model the caller's token may see."""
+    models = [ModelPublic.from_record(m) for m in registry.list_models() if principal.sees(m.id)]
     return ModelsPublic(data=models, count=len(models))
 
 
@@ -86,7 +99,7 @@ def list_versions(model_id: str, registry: RegistryDep) -> VersionsPublic:
 
 
 @router.get("/{model_id}/versions/{version}", response_model=VersionPublic, dependencies=ReadAuth)
-def get_version(model_id: str, version: int, registry: RegistryDep) -> VersionPublic:
+def get_version(model_id: str, version: VersionPath, registry: RegistryDep) -> VersionPublic:
     """Shapes, dtypes, parameter count, Spectral units, size, checksum, parent and lineage."""
     return VersionPublic.from_record(registry.resolve(model_id, version))
 
@@ -97,7 +110,7 @@ def get_version(model_id: str, version: int, registry: RegistryDep) -> VersionPu
     dependencies=ReadAuth,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def download_artifact(model_id: str, version: int, registry: RegistryDep) -> Response:
+def download_artifact(model_id: str, version: VersionPath, registry: RegistryDep) -> Response:
     """The exact bytes that were uploaded (checksum verified)."""
     record = registry.resolve(model_id, version)
     return Response(
@@ -111,7 +124,7 @@ def download_artifact(model_id: str, version: int, registry: RegistryDep) -> Res
 
 
 @router.get("/{model_id}/versions/{version}/report", dependencies=ReadAuth)
-def get_report(model_id: str, version: int, registry: RegistryDep) -> JSONResponse:
+def get_report(model_id: str, version: VersionPath, registry: RegistryDep) -> JSONResponse:
     """The pruning report of a version a job produced."""
     record = registry.resolve(model_id, version)
     if record.report is None:
@@ -125,6 +138,6 @@ def get_report(model_id: str, version: int, registry: RegistryDep) -> JSONRespon
     dependencies=ReadAuth,
     responses={200: {"content": {"image/png": {}}}},
 )
-def get_report_png(model_id: str, version: int, registry: RegistryDep) -> Response:
+def get_report_png(model_id: str, version: VersionPath, registry: RegistryDep) -> Response:
     record = registry.resolve(model_id, version)
     return Response(registry.read_report_png(record), media_type="image/png")

@@ -6,10 +6,10 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.deps import MetricsDep, require_read
+from service.api.deps import MetricsDep, require_metrics_read
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", dependencies=[Depends(require_read)])
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require_metrics_read)],
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics(service_metrics: MetricsDep) -> Response:
+    """Prometheus text format. On a server with protected reads, only the admin token."""
     return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)

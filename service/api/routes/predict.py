@@ -6,15 +6,15 @@ latest version; ``/models/{id}/versions/{v}/predict`` serves version ``v``.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from service.api.deps import PredictorDep, RegistryDep, require_read
-from service.api.limits import body_limit
+from service.api.deps import PredictorDep, RegistryDep, SettingsDep, require_read
+from service.api.limits import body_limit, load_json_limited
+from service.api.params import VersionPath
 from service.api.schemas import PredictRequest, PredictResponse
-from service.errors import InvalidJSON
+from service.settings import Settings
 
 router = APIRouter(
     prefix="/models",
@@ -30,17 +30,8 @@ InputsQuery = Annotated[
 ]
 
 
-def _parse_query(inputs: str) -> Any:
-    try:
-        return json.loads(inputs)
-    except json.JSONDecodeError as exc:
-        raise InvalidJSON(f"Query parameter 'inputs' is not valid JSON: {exc}") from exc
-    except (RecursionError, ValueError) as exc:
-        # Nesting deeper than the parser's recursion limit, or an integer past Python's
-        # digit limit: valid JSON, but never a batch of inputs.
-        raise InvalidJSON(
-            "Query parameter 'inputs' is nested too deeply or holds a number too long to read"
-        ) from exc
+def _parse_query(inputs: str, settings: Settings) -> Any:
+    return load_json_limited(inputs, settings, "Query parameter 'inputs'")
 
 
 @router.post("/{model_id}/predict", response_model=PredictResponse)
@@ -54,17 +45,21 @@ def predict_post(
 
 @router.get("/{model_id}/predict", response_model=PredictResponse)
 def predict_get(
-    model_id: str, inputs: InputsQuery, registry: RegistryDep, predictor: PredictorDep
+    model_id: str,
+    inputs: InputsQuery,
+    registry: RegistryDep,
+    predictor: PredictorDep,
+    settings: SettingsDep,
 ) -> PredictResponse:
     record = registry.resolve_serving(model_id, DEFAULT_ALIAS)
-    outputs = predictor.predict(record, _parse_query(inputs))
+    outputs = predictor.predict(record, _parse_query(inputs, settings))
     return PredictResponse(model_id=model_id, version=record.version, outputs=outputs)
 
 
 @router.post("/{model_id}/versions/{version}/predict", response_model=PredictResponse)
 def predict_version_post(
     model_id: str,
-    version: int,
+    version: VersionPath,
     body: PredictRequest,
     registry: RegistryDep,
     predictor: PredictorDep,
@@ -75,7 +70,12 @@ def predict_version_post(
 
 @router.get("/{model_id}/versions/{version}/predict", response_model=PredictResponse)
 def predict_version_get(
-    model_id: str, version: int, inputs: InputsQuery, registry: RegistryDep, predictor: PredictorDep
+    model_id: str,
+    version: VersionPath,
+    inputs: InputsQuery,
+    registry: RegistryDep,
+    predictor: PredictorDep,
+    settings: SettingsDep,
 ) -> PredictResponse:
-    outputs = predictor.predict(registry.resolve(model_id, version), _parse_query(inputs))
+    outputs = predictor.predict(registry.resolve(model_id, version), _parse_query(inputs, settings))
     return PredictResponse(model_id=model_id, version=version, outputs=outputs)

@@ -134,10 +134,11 @@ def test_api_on_postgresql(
         predicted = client.post("/models/on-postgres/predict", json={"inputs": [[0.0] * 64]})
         assert predicted.status_code == 200, predicted.text
         assert predicted.json()["version"] == 1
-        # Past PostgreSQL's INTEGER: an unknown version, not an overflow in the database.
+        # Past PostgreSQL's INTEGER: refused by the schema, never an overflow in the database.
         for number in (2**31, 2**63):
             missing = client.get(f"/models/on-postgres/versions/{number}")
-            assert missing.status_code == 404, missing.text
+            assert missing.status_code == 422, missing.text
+        assert client.get("/models/on-postgres/versions/2147483647").status_code == 404
         assert client.get("/jobs", params={"offset": 2**31 - 1}).json()["data"] == []
     # The registry lives in PostgreSQL: no SQLite file was created in the data dir.
     assert not (api.data_dir / "registry.db").exists()
