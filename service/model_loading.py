@@ -1,9 +1,10 @@
 """Safe loading of untrusted .keras uploads, and the metadata the registry keeps for them.
 
-An upload is checked in three steps before anything is stored: it must be a readable zip with a
-``config.json`` of bounded size; every serialized object in that config must be a built-in Keras
-class or a class registered by the `spectral` package (no ``Lambda``, no lambdas, nothing else);
-and Keras must load it with ``safe_mode=True``.
+`inspect_artifact` accepts an upload only after, in order: the zip, JSON and allow-list checks
+of `service.model_policy` (in this process: cheap, pure Python, no Keras objects); a bound on the
+parameters the config declares; and a first load in a limited, short-lived process
+(`service.model_sandbox`) that reports the model's metadata. Only then may the API or a worker
+load the artifact in-process, with `load_model_file` / `load_model_bytes`.
 
 The metadata recorded for a version includes its compile configuration, read from the same
 ``config.json``, so jobs never open the artifact again to find out how to compile it.
@@ -12,7 +13,6 @@ The metadata recorded for a version includes its compile configuration, read fro
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import tempfile
@@ -21,6 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.errors import ArtifactRejected
+from service.model_policy import (
+    MAX_CONFIG_BYTES,
+    WEIGHTS_PER_PARAM,
+    check_config,
+    check_param_count,
+    declared_param_count,
+    parse_config_json,
+    read_archive,
+)
+from service.model_sandbox import SandboxRequest, load_in_sandbox
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -29,21 +39,9 @@ logger = logging.getLogger(__name__)
 
 # Keys of `model.compile` a job may use; anything else would be an arbitrary kwarg.
 COMPILE_KEYS = frozenset({"optimizer", "loss", "metrics", "loss_weights", "weighted_metrics"})
-_MAX_CONFIG_BYTES = 16 * 1024 * 1024
-_MAX_UNCOMPRESSED_RATIO = 50
-_DENIED_CLASSES = frozenset({"Lambda", "__lambda__", "TFSMLayer"})
-# Markers Keras writes for plain values; they name no class that could run code.
-_VALUE_MARKERS = frozenset(
-    {
-        "__tuple__",
-        "__numpy__",
-        "__tensor__",
-        "__bytes__",
-        "__keras_tensor__",
-        "__ellipsis__",
-        "__slice__",
-    }
-)
+# HDF5 group and attribute overhead on top of the weight values themselves.
+_WEIGHTS_FILE_OVERHEAD = 4 * 1024 * 1024
+_SANDBOX_FILE_SLACK = 16 * 1024 * 1024
 
 
 def _import_keras() -> Any:
@@ -52,73 +50,6 @@ def _import_keras() -> Any:
     import spectral  # noqa: F401  (registers "spectral>" classes with Keras)
 
     return keras
-
-
-def _check_object(obj: dict[str, Any], where: str) -> None:
-    class_name = obj.get("class_name")
-    module = obj.get("module")
-    registered = obj.get("registered_name")
-    if not isinstance(class_name, str):
-        raise ArtifactRejected(f"Model config has a malformed object at {where}")
-    if class_name in _DENIED_CLASSES:
-        raise ArtifactRejected(
-            f"Model config contains {class_name!r} at {where}: arbitrary code is not accepted"
-        )
-    if isinstance(registered, str) and ">" in registered:
-        if registered.startswith("spectral>") and str(module).startswith("spectral"):
-            return
-        raise ArtifactRejected(
-            f"Model config uses custom class {registered!r} at {where}; only built-in Keras "
-            "classes and spectral layers are accepted"
-        )
-    if module is None and class_name in _VALUE_MARKERS:
-        return
-    if isinstance(module, str) and (module == "keras" or module.startswith("keras.")):
-        return
-    raise ArtifactRejected(
-        f"Model config uses class {class_name!r} from module {module!r} at {where}; only "
-        "built-in Keras classes and spectral layers are accepted"
-    )
-
-
-def check_config(config: Any, where: str = "config") -> None:
-    """Walks a Keras ``config.json`` tree and rejects anything outside keras/spectral."""
-    if isinstance(config, dict):
-        if "class_name" in config:
-            _check_object(config, where)
-        for key, value in config.items():
-            check_config(value, f"{where}.{key}")
-    elif isinstance(config, list):
-        for index, value in enumerate(config):
-            check_config(value, f"{where}[{index}]")
-
-
-def _read_config(data: bytes) -> dict[str, Any]:
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise ArtifactRejected("Upload is not a .keras archive (not a zip file)")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            names = archive.namelist()
-            if "config.json" not in names:
-                raise ArtifactRejected("Upload is not a .keras archive (no config.json inside)")
-            total = sum(info.file_size for info in archive.infolist())
-            if total > max(len(data), 1) * _MAX_UNCOMPRESSED_RATIO + _MAX_CONFIG_BYTES:
-                raise ArtifactRejected("Upload expands to an implausible size; refused")
-            if archive.getinfo("config.json").file_size > _MAX_CONFIG_BYTES:
-                raise ArtifactRejected("config.json inside the archive is too large")
-            bad = archive.testzip()
-            if bad is not None:
-                raise ArtifactRejected(f"Archive member {bad!r} is corrupt (CRC mismatch)")
-            raw = archive.read("config.json")
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise ArtifactRejected(f"Upload is an invalid or truncated .keras archive: {exc}") from exc
-    try:
-        config = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactRejected(f"config.json is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ArtifactRejected("config.json does not describe a model")
-    return config
 
 
 def compile_config(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -133,10 +64,10 @@ def compile_config_from_archive(data: bytes) -> dict[str, Any] | None:
     """`compile_config` of a ``.keras`` archive's bytes (None when unreadable or uncompiled)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (zipfile.BadZipFile, KeyError, ValueError):
+            config = parse_config_json(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, ArtifactRejected):
         return None
-    return compile_config(config) if isinstance(config, dict) else None
+    return compile_config(config)
 
 
 def model_metadata(model: Any) -> dict[str, Any]:
@@ -200,17 +131,37 @@ def inspect_artifact(data: bytes, settings: Settings | None = None) -> dict[str,
     ``settings`` carries the limits of the check (None: the defaults).
 
     Raises:
-        ArtifactRejected: the bytes are not a safe, loadable .keras model with inputs/outputs.
+        ArtifactRejected: the bytes are not a safe, loadable .keras model with inputs/outputs,
+            or exceed a limit (the message names it).
     """
-    config = _read_config(data)
+    if settings is None:
+        from service.settings import Settings
+
+        settings = Settings.model_construct()
+    max_uncompressed = 2 * settings.max_upload_bytes + MAX_CONFIG_BYTES
+    archive = read_archive(data, max_uncompressed=max_uncompressed)
+    config = parse_config_json(archive.config_json)
     check_config(config)
-    try:
-        model = load_model_bytes(data)
-    except Exception as exc:
-        raise ArtifactRejected(f"Keras could not load the model safely: {exc}") from exc
-    try:
-        if not model.inputs or not model.outputs:
-            raise ArtifactRejected("Model has no defined inputs/outputs (build it before saving)")
-        return {**model_metadata(model), "compile_config": compile_config(config)}
-    except (AttributeError, ValueError) as exc:
-        raise ArtifactRejected(f"Model has no defined inputs/outputs: {exc}") from exc
+    declared = declared_param_count(config)
+    check_param_count(declared, settings.max_params)
+    weights_limit = WEIGHTS_PER_PARAM * 8 * declared + _WEIGHTS_FILE_OVERHEAD
+    if archive.weights_size is not None and archive.weights_size > weights_limit:
+        raise ArtifactRejected(
+            f"model.weights.h5 is {archive.weights_size} bytes; a model of {declared} "
+            f"parameters needs at most {weights_limit}"
+        )
+    request = SandboxRequest(
+        memory_mb=settings.sandbox_memory_mb,
+        cpu_s=settings.sandbox_cpu_s,
+        file_size_bytes=(archive.weights_size or 0) + len(data) + _SANDBOX_FILE_SLACK,
+        max_params=settings.max_params,
+        declared_params=declared,
+    )
+    metadata = load_in_sandbox(data, request, settings.sandbox_wall_s)
+    param_count = metadata.get("param_count")
+    if not isinstance(param_count, int) or param_count > settings.max_params:
+        raise ArtifactRejected(
+            f"Model has {param_count} parameters; the limit is {settings.max_params} "
+            "(SPECTRAL_MAX_PARAMS)"
+        )
+    return {**metadata, "compile_config": compile_config(config)}

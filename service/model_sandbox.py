@@ -1,0 +1,272 @@
+"""The first load of an untrusted model, in a short-lived process of its own.
+
+`load_in_sandbox` writes the upload into a fresh empty directory and runs
+``python -m service.model_sandbox <dir>`` there. The child limits itself (address space, CPU
+time, open files, file size) before it reads anything, checks the HDF5 weights' structure, loads
+the model with Keras's ``safe_mode``, and prints its metadata as JSON. It gets an environment
+built from an allow-list (no tokens, database or broker URLs), HOME and TMPDIR in its own
+directory, and no GPU. Whatever the model does while loading, it does there: a crash, a memory
+blow-up or a hang kills that process, never the API or the worker, and answers 422.
+
+The child runs Keras on its numpy backend: the load only deserializes and builds the model, so
+it needs no TensorFlow, and this keeps its start-up time and address space small (see the README
+section "Security: untrusted models" for the measured figures).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from service.errors import ArtifactRejected
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+REQUEST_FILE = "request.json"
+SANDBOX_BACKEND = "numpy"
+# TensorFlow/JAX libraries and Python's imports keep ~100 files open at once; 256 leaves room
+# for the model's own files and nothing more.
+OPEN_FILES = 256
+_MAX_REPLY_BYTES = 1024 * 1024
+# Variables the child may inherit; everything else (tokens, database and broker URLs, cloud
+# credentials) is dropped.
+_INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    """What the child is told: its limits, and the parameter bounds to check."""
+
+    memory_mb: int
+    cpu_s: int
+    file_size_bytes: int
+    max_params: int
+    declared_params: int
+
+
+# -- the parent side --------------------------------------------------------------------------
+
+
+def sandbox_env(work_dir: Path) -> dict[str, str]:
+    """The child's whole environment: an allow-list, its own HOME, the parent's import path."""
+    env = {key: os.environ[key] for key in _INHERITED_ENV if key in os.environ}
+    # The parent's sys.path, so the child imports this very `service`, `spectral` and Keras.
+    paths = [p for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p)]
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join(paths),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONHASHSEED": "0",
+            "HOME": str(work_dir),
+            "TMPDIR": str(work_dir),
+            "KERAS_HOME": str(work_dir / ".keras"),
+            "KERAS_BACKEND": SANDBOX_BACKEND,
+            "CUDA_VISIBLE_DEVICES": "",
+            "JAX_PLATFORMS": "cpu",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        }
+    )
+    return env
+
+
+def load_in_sandbox(data: bytes, request: SandboxRequest, wall_s: float) -> dict[str, Any]:
+    """Loads ``data`` in a fresh limited process and returns its `model_metadata`.
+
+    Raises:
+        ArtifactRejected: the child refused the model, died (memory, CPU, signal) or ran past
+            ``wall_s``; the message says which, with the limit.
+    """
+    with tempfile.TemporaryDirectory(prefix="spectral-sandbox-") as tmp:
+        work_dir = Path(tmp)
+        (work_dir / MODEL_FILE).write_bytes(data)
+        (work_dir / REQUEST_FILE).write_text(json.dumps(asdict(request)))
+        started = time.monotonic()
+        with open(work_dir / "stderr.log", "wb") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service.model_sandbox", str(work_dir)],
+                cwd=work_dir,
+                env=sandbox_env(work_dir),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+            )
+            try:
+                out, _ = process.communicate(timeout=wall_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                raise ArtifactRejected(
+                    f"Loading the model took longer than {wall_s:g} s (SPECTRAL_SANDBOX_WALL_S); "
+                    "refused"
+                ) from None
+            finally:
+                _kill_group(process)
+        elapsed = time.monotonic() - started
+        log_tail = (work_dir / "stderr.log").read_bytes()[-4000:].decode(errors="replace")
+    logger.info("sandboxed model load: exit %s in %.2f s", process.returncode, elapsed)
+    reply = _parse_reply(out)
+    if reply is None:
+        logger.warning("model sandbox died (exit %s): %s", process.returncode, log_tail)
+        raise ArtifactRejected(_death_reason(process.returncode, request, log_tail))
+    if "rejected" in reply:
+        raise ArtifactRejected(str(reply["rejected"])[:1000])
+    metadata = reply.get("metadata")
+    if not isinstance(metadata, dict):
+        raise ArtifactRejected("The model load gave no metadata; refused")
+    return metadata
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    # The child leads its own session: killing the group also ends anything it started.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+
+
+def _parse_reply(out: bytes) -> dict[str, Any] | None:
+    if not out or len(out) > _MAX_REPLY_BYTES:
+        return None
+    try:
+        reply = json.loads(out.decode("utf-8").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    return reply if isinstance(reply, dict) else None
+
+
+def _death_reason(returncode: int, request: SandboxRequest, log_tail: str) -> str:
+    memory = f"(limit {request.memory_mb} MiB, SPECTRAL_SANDBOX_MEMORY_MB)"
+    if returncode == -signal.SIGXCPU:
+        return (
+            f"Loading the model used more than {request.cpu_s} s of CPU time "
+            "(SPECTRAL_SANDBOX_CPU_S); refused"
+        )
+    if returncode == -signal.SIGXFSZ:
+        return "Loading the model tried to write too much to disk; refused"
+    if returncode == -signal.SIGKILL:
+        return f"The model load was killed: it ran out of memory or CPU time {memory}; refused"
+    if "MemoryError" in log_tail or "bad_alloc" in log_tail or "Cannot allocate" in log_tail:
+        return f"The model load ran out of memory {memory}; refused"
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
+        return (
+            f"The model load crashed ({name or returncode}), likely out of memory {memory}; refused"
+        )
+    return f"The model load failed (exit status {returncode}); refused"
+
+
+# -- the child side ---------------------------------------------------------------------------
+
+
+def _limit(kind: int, soft: int, hard: int | None = None) -> None:
+    """Lowers a limit (never raises one the parent already set lower)."""
+    import resource
+
+    _, current = resource.getrlimit(kind)
+    hard = soft if hard is None else hard
+    if current != resource.RLIM_INFINITY:
+        hard = min(hard, current)
+    resource.setrlimit(kind, (min(soft, hard), hard))
+
+
+def _apply_limits(request: SandboxRequest) -> None:
+    import resource
+
+    _limit(resource.RLIMIT_AS, request.memory_mb * 1024 * 1024)
+    # Past the soft limit the kernel sends SIGXCPU; past the hard one, SIGKILL.
+    _limit(resource.RLIMIT_CPU, request.cpu_s, request.cpu_s + 2)
+    _limit(resource.RLIMIT_NOFILE, OPEN_FILES)
+    _limit(resource.RLIMIT_FSIZE, request.file_size_bytes)
+    _limit(resource.RLIMIT_CORE, 0)
+
+
+def _clean_message(exc: BaseException, work_dir: Path) -> str:
+    text = str(exc)
+    # Keras appends the whole object config to some messages; the client gets the first part.
+    for marker in ("Full object config", "config=", "\n"):
+        text = text.split(marker, 1)[0]
+    text = text.replace(str(work_dir), "<upload>").strip().rstrip(".:")
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _load(work_dir: Path, request: SandboxRequest) -> dict[str, Any]:
+    import zipfile
+
+    from service.model_policy import WEIGHTS_ENTRY, check_weights_file
+
+    path = work_dir / MODEL_FILE
+    with zipfile.ZipFile(path) as archive:
+        if WEIGHTS_ENTRY in archive.namelist():
+            with archive.open(WEIGHTS_ENTRY) as weights:
+                check_weights_file(weights, request.declared_params)
+
+    import keras
+
+    import spectral  # noqa: F401  (registers "spectral>Spectral" with Keras)
+    from service.model_loading import model_metadata
+
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ArtifactRejected(
+            f"Keras could not load the model safely: {_clean_message(exc, work_dir)}"
+        ) from exc
+    try:
+        if not model.inputs or not model.outputs:
+            raise ArtifactRejected("Model has no defined inputs/outputs (build it before saving)")
+        metadata = model_metadata(model)
+    except (AttributeError, ValueError) as exc:
+        raise ArtifactRejected(
+            f"Model has no defined inputs/outputs: {_clean_message(exc, work_dir)}"
+        ) from exc
+    if metadata["param_count"] > request.max_params:
+        raise ArtifactRejected(
+            f"Model has {metadata['param_count']} parameters; the limit is "
+            f"{request.max_params} (SPECTRAL_MAX_PARAMS)"
+        )
+    return metadata
+
+
+def main(argv: list[str]) -> int:
+    """The child: limit itself, load the model in ``argv[0]``, print one JSON line."""
+    work_dir = Path(argv[0])
+    request = SandboxRequest(**json.loads((work_dir / REQUEST_FILE).read_text()))
+    _apply_limits(request)
+    # Keep the real stdout for the reply; anything a library prints goes to stderr instead.
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        reply: dict[str, Any] = {"metadata": _load(work_dir, request)}
+    except ArtifactRejected as exc:
+        reply = {"rejected": exc.message}
+    except MemoryError:
+        reply = {
+            "rejected": f"The model load ran out of memory (limit {request.memory_mb} MiB, "
+            "SPECTRAL_SANDBOX_MEMORY_MB); refused"
+        }
+    except Exception as exc:  # anything else the hostile file provoked is a refusal too
+        reply = {"rejected": f"The model load failed: {_clean_message(exc, work_dir)}"}
+    with os.fdopen(reply_fd, "w") as out:
+        out.write(json.dumps(reply) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
