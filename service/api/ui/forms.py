@@ -1,0 +1,363 @@
+"""The UI's writes: log in and out, upload models, versions and datasets, submit and cancel
+jobs, move aliases.
+
+Each form posts here; the handler checks the browser may write (`access.check_write`), calls
+the same domain function as the JSON route, and either redirects to the result or renders the
+form again with the service's message next to the field it concerns.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi.responses import RedirectResponse
+from pydantic import ValidationError
+
+from service import datasets
+from service.api.deps import BrokerDep, RegistryDep, SettingsDep
+from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_upload
+from service.api.schemas import DatasetPublic
+from service.api.ui import session as ui_session
+from service.api.ui.access import check_read, check_same_site, check_write, ui_access
+from service.api.ui.rendering import html_errors, render
+from service.api.ui.views import lineage_tree
+from service.errors import (
+    AliasConflict,
+    AliasNotFound,
+    CompileConfigMissing,
+    DatasetNotFound,
+    DatasetRejected,
+    InvalidInput,
+    ModelExists,
+    ModelNotFound,
+    SpectralError,
+    UnsupportedMediaType,
+    VersionNotFound,
+)
+from service.jobs import state, submission
+from service.jobs.params import PruneRequest
+from service.settings import Settings
+
+router = APIRouter(prefix="/ui", include_in_schema=False, route_class=html_errors())
+model_uploads = APIRouter(
+    prefix="/ui",
+    include_in_schema=False,
+    route_class=html_errors(body_limit("max_upload_bytes", overhead=MULTIPART_OVERHEAD)),
+)
+dataset_uploads = APIRouter(
+    prefix="/ui",
+    include_in_schema=False,
+    route_class=html_errors(body_limit("max_dataset_bytes", overhead=MULTIPART_OVERHEAD)),
+)
+
+CsrfField = Annotated[str, Form(max_length=200)]
+FormText = Annotated[str, Form(max_length=200)]
+PRUNE_FIELDS = ("model_id", "version", "method", "percentile", "max_delta_percent", "dataset_id")
+
+
+def _see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+# -- login ----------------------------------------------------------------------------------
+
+
+@router.get("/login")
+def login_page(request: Request, next: str = "/ui") -> Response:
+    return render(request, "login.html", {"next": _local(next), "errors": {}})
+
+
+def _local(url: str) -> str:
+    """``url`` if it is a path of this UI, else the UI's home (no open redirects)."""
+    return url if url.startswith("/ui") and "//" not in url and "\\" not in url else "/ui"
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    settings: SettingsDep,
+    token: Annotated[str, Form(max_length=1000)],
+    next: Annotated[str, Form()] = "/ui",
+) -> Response:
+    check_same_site(request)
+    if not ui_session.token_is_valid(settings, token):
+        message = (
+            "This server has no SPECTRAL_API_TOKEN: the UI can only log in with that token"
+            if settings.api_token is None
+            else "That is not the API token"
+        )
+        return render(
+            request,
+            "login.html",
+            {"next": _local(next), "errors": {"token": message}},
+            status_code=401,
+        )
+    response = _see_other(_local(next))
+    response.set_cookie(
+        ui_session.COOKIE_NAME,
+        ui_session.new_session_cookie(settings),
+        max_age=ui_session.SESSION_TTL_S,
+        path="/ui",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, csrf_token: CsrfField = "") -> Response:
+    check_write(request, ui_access(request), csrf_token)
+    response = _see_other("/ui")
+    response.delete_cookie(ui_session.COOKIE_NAME, path="/ui", httponly=True, samesite="strict")
+    return response
+
+
+# -- models and versions --------------------------------------------------------------------
+
+
+def _model_bytes(file: UploadFile, settings: Settings) -> bytes:
+    if file.filename and not file.filename.lower().endswith(".keras"):
+        raise UnsupportedMediaType(f"Expected a .keras file, got {file.filename!r}")
+    return read_upload(file, settings.max_upload_bytes)
+
+
+@router.get("/upload")
+def upload_page(request: Request, registry: RegistryDep, model_id: str = "") -> Response:
+    check_read(ui_access(request))
+    return render(
+        request,
+        "upload.html",
+        {"model_id": model_id, "kind": "version" if model_id else "new", "errors": {}},
+    )
+
+
+@model_uploads.post("/upload")
+def upload_model(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File()],
+    name: Annotated[str, Form(max_length=200)],
+    kind: Annotated[str, Form()] = "new",
+    csrf_token: CsrfField = "",
+) -> Response:
+    check_write(request, ui_access(request), csrf_token)
+    name = name.strip()
+    try:
+        data = _model_bytes(file, settings)
+        if kind == "version":
+            record = registry.add_version(name, data)
+        else:
+            record = registry.create_model(name, data)
+    except SpectralError as exc:
+        on_name = isinstance(exc, (ModelExists, ModelNotFound)) or (
+            isinstance(exc, InvalidInput) and "name" in exc.message
+        )
+        return render(
+            request,
+            "upload.html",
+            {
+                "model_id": name,
+                "kind": kind,
+                "errors": {"name" if on_name else "file": exc.message},
+            },
+            status_code=exc.status_code,
+        )
+    return _see_other(f"/ui/models/{record.model_id}/versions/{record.version}")
+
+
+@router.post("/models/{model_id}/aliases")
+def move_alias(
+    request: Request,
+    model_id: str,
+    registry: RegistryDep,
+    alias: Annotated[str, Form(max_length=100)],
+    version: Annotated[int, Form()],
+    seen: Annotated[str, Form(max_length=100_000)] = "{}",
+    csrf_token: CsrfField = "",
+) -> Response:
+    """Moves ``alias`` to ``version`` only if it still points where the page showed it."""
+    check_write(request, ui_access(request), csrf_token)
+    alias = alias.strip()
+    try:
+        shown = json.loads(seen)
+    except ValueError:
+        shown = {}
+    expected = shown.get(alias) if isinstance(shown, dict) else None
+    try:
+        registry.set_alias(
+            model_id, alias, version, if_version=expected if isinstance(expected, int) else None
+        )
+    except (AliasConflict, AliasNotFound, InvalidInput, VersionNotFound) as exc:
+        message = exc.message
+        if isinstance(exc, AliasConflict):
+            current = (exc.details or {}).get("current_version")
+            message = (
+                f"{alias!r} moved to v{current} since this page was loaded: "
+                "check the tree below and try again"
+            )
+        model = registry.get_model(model_id)
+        return render(
+            request,
+            "model.html",
+            {
+                "model": model,
+                "tree": lineage_tree(model),
+                "seen_aliases": json.dumps(model.aliases, sort_keys=True),
+                "alias_error": {"version": version, "alias": alias, "message": message},
+            },
+            status_code=exc.status_code,
+        )
+    return _see_other(f"/ui/models/{model_id}")
+
+
+# -- datasets -------------------------------------------------------------------------------
+
+
+@router.get("/datasets/new")
+def dataset_page(request: Request) -> Response:
+    check_read(ui_access(request))
+    return render(request, "dataset.html", {"errors": {}, "dataset": None})
+
+
+@dataset_uploads.post("/datasets")
+def upload_dataset(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File()],
+    csrf_token: CsrfField = "",
+) -> Response:
+    check_write(request, ui_access(request), csrf_token)
+    try:
+        data = read_upload(file, settings.max_dataset_bytes)
+        with registry.database.session() as session:
+            row, created = datasets.create_dataset(
+                session,
+                datasets.dataset_store(settings),
+                data,
+                max_bytes=settings.max_dataset_bytes,
+                filename=file.filename,
+            )
+            dataset = DatasetPublic.from_row(row)
+    except SpectralError as exc:
+        return render(
+            request,
+            "dataset.html",
+            {"errors": {"file": exc.message}, "dataset": None},
+            status_code=exc.status_code,
+        )
+    return render(request, "dataset.html", {"errors": {}, "dataset": dataset, "created": created})
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+@router.get("/prune")
+def prune_page(
+    request: Request,
+    registry: RegistryDep,
+    model_id: str = "",
+    version: str = "",
+    dataset_id: str = "",
+) -> Response:
+    check_read(ui_access(request))
+    values = {"model_id": model_id, "version": version, "dataset_id": dataset_id}
+    return render(request, "prune.html", _prune_context(registry, values, {}))
+
+
+def _prune_context(registry: Any, values: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
+    return {
+        "models": [m.id for m in registry.list_models()],
+        "values": {"method": "percentile", **values},
+        "errors": errors,
+    }
+
+
+def _validation_errors(exc: ValidationError) -> dict[str, str]:
+    """Pydantic's errors by form field; whole-request checks go to the field they name."""
+    errors: dict[str, str] = {}
+    for error in exc.errors():
+        location = [str(part) for part in error.get("loc", ())]
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        field = location[0] if location and location[0] in PRUNE_FIELDS else None
+        if field is None:
+            # "method=metric needs a dataset_id": the field named last is the one to fix.
+            named = [(message.rfind(f), f) for f in PRUNE_FIELDS if f in message]
+            field = max(named)[1] if named else "form"
+        errors.setdefault(field, message)
+    return errors
+
+
+_SUBMIT_ERROR_FIELDS: dict[type[SpectralError], str] = {
+    ModelNotFound: "model_id",
+    VersionNotFound: "version",
+    DatasetNotFound: "dataset_id",
+    DatasetRejected: "dataset_id",
+    CompileConfigMissing: "dataset_id",
+}
+
+
+@router.post("/prune")
+def submit_prune(
+    request: Request,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    broker: BrokerDep,
+    model_id: FormText = "",
+    version: FormText = "",
+    method: FormText = "percentile",
+    percentile: FormText = "",
+    max_delta_percent: FormText = "",
+    dataset_id: FormText = "",
+    csrf_token: CsrfField = "",
+) -> Response:
+    check_write(request, ui_access(request), csrf_token)
+    values = {
+        "model_id": model_id,
+        "version": version,
+        "method": method,
+        "percentile": percentile,
+        "max_delta_percent": max_delta_percent,
+        "dataset_id": dataset_id,
+    }
+    values = {field: value.strip() for field, value in values.items()}
+    body = {field: value for field, value in values.items() if value}
+    if method == "percentile":
+        # The budget field stays on the page for switching methods; percentile ignores it.
+        body.pop("max_delta_percent", None)
+    try:
+        prune_request = PruneRequest.model_validate(body)
+    except ValidationError as exc:
+        return render(
+            request,
+            "prune.html",
+            _prune_context(registry, values, _validation_errors(exc)),
+            status_code=422,
+        )
+    try:
+        new = submission.submit_job(
+            registry, prune_request, settings=settings, enqueue=broker.enqueue
+        )
+    except SpectralError as exc:
+        field = _SUBMIT_ERROR_FIELDS.get(type(exc), "form")
+        return render(
+            request,
+            "prune.html",
+            _prune_context(registry, values, {field: exc.message}),
+            status_code=exc.status_code,
+        )
+    return _see_other(f"/ui/jobs/{new.job.id}")
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(
+    request: Request, job_id: str, registry: RegistryDep, csrf_token: CsrfField = ""
+) -> Response:
+    check_write(request, ui_access(request), csrf_token)
+    with registry.database.session() as session:
+        state.request_cancel(session, job_id)
+    return _see_other(f"/ui/jobs/{job_id}")
