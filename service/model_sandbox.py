@@ -38,6 +38,8 @@ SANDBOX_BACKEND = "numpy"
 # for the model's own files and nothing more.
 OPEN_FILES = 256
 _MAX_REPLY_BYTES = 1024 * 1024
+# How native code reports an allocation refused by RLIMIT_AS (a library mapping, numpy, C++).
+_OUT_OF_MEMORY = ("MemoryError", "failed to map segment", "Cannot allocate memory", "bad_alloc")
 # Variables the child may inherit; everything else (tokens, database and broker URLs, cloud
 # credentials) is dropped.
 _INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
@@ -160,7 +162,7 @@ def _death_reason(returncode: int, request: SandboxRequest, log_tail: str) -> st
         return "Loading the model tried to write too much to disk; refused"
     if returncode == -signal.SIGKILL:
         return f"The model load was killed: it ran out of memory or CPU time {memory}; refused"
-    if "MemoryError" in log_tail or "bad_alloc" in log_tail or "Cannot allocate" in log_tail:
+    if any(marker in log_tail for marker in _OUT_OF_MEMORY):
         return f"The model load ran out of memory {memory}; refused"
     if returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
@@ -222,9 +224,9 @@ def _load(work_dir: Path, request: SandboxRequest) -> dict[str, Any]:
 
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except MemoryError:
-        raise
     except Exception as exc:
+        if isinstance(exc, MemoryError) or any(m in str(exc) for m in _OUT_OF_MEMORY):
+            raise
         raise ArtifactRejected(
             f"Keras could not load the model safely: {_clean_message(exc, work_dir)}"
         ) from exc
@@ -256,13 +258,14 @@ def main(argv: list[str]) -> int:
         reply: dict[str, Any] = {"metadata": _load(work_dir, request)}
     except ArtifactRejected as exc:
         reply = {"rejected": exc.message}
-    except MemoryError:
-        reply = {
-            "rejected": f"The model load ran out of memory (limit {request.memory_mb} MiB, "
-            "SPECTRAL_SANDBOX_MEMORY_MB); refused"
-        }
     except Exception as exc:  # anything else the hostile file provoked is a refusal too
-        reply = {"rejected": f"The model load failed: {_clean_message(exc, work_dir)}"}
+        if isinstance(exc, MemoryError) or any(m in str(exc) for m in _OUT_OF_MEMORY):
+            reply = {
+                "rejected": f"The model load ran out of memory (limit {request.memory_mb} MiB, "
+                "SPECTRAL_SANDBOX_MEMORY_MB); refused"
+            }
+        else:
+            reply = {"rejected": f"The model load failed: {_clean_message(exc, work_dir)}"}
     with os.fdopen(reply_fd, "w") as out:
         out.write(json.dumps(reply) + "\n")
     return 0
