@@ -65,6 +65,14 @@ class ArtifactRejected(SpectralError):
     code = "artifact_rejected"
 
 
+class ArtifactLimitExceeded(ArtifactRejected):
+    """An upload past a resource limit: the parameters it declares or has, its expanded size,
+    or the memory, CPU or wall time of its sandboxed first load."""
+
+    status_code = 422
+    code = "artifact_limit_exceeded"
+
+
 class UnsupportedMediaType(ArtifactRejected):
     status_code = 415
     code = "unsupported_media_type"

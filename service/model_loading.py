@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.errors import ArtifactRejected
+from service.errors import ArtifactLimitExceeded, ArtifactRejected
 from service.model_policy import (
     MAX_CONFIG_BYTES,
     WEIGHTS_PER_PARAM,
@@ -146,7 +146,7 @@ def inspect_artifact(data: bytes, settings: Settings | None = None) -> dict[str,
     check_param_count(declared, settings.max_params)
     weights_limit = WEIGHTS_PER_PARAM * 8 * declared + _WEIGHTS_FILE_OVERHEAD
     if archive.weights_size is not None and archive.weights_size > weights_limit:
-        raise ArtifactRejected(
+        raise ArtifactLimitExceeded(
             f"model.weights.h5 is {archive.weights_size} bytes; a model of {declared} "
             f"parameters needs at most {weights_limit}"
         )
@@ -160,7 +160,7 @@ def inspect_artifact(data: bytes, settings: Settings | None = None) -> dict[str,
     metadata = load_in_sandbox(data, request, settings.sandbox_wall_s)
     param_count = metadata.get("param_count")
     if not isinstance(param_count, int) or param_count > settings.max_params:
-        raise ArtifactRejected(
+        raise ArtifactLimitExceeded(
             f"Model has {param_count} parameters; the limit is {settings.max_params} "
             "(SPECTRAL_MAX_PARAMS)"
         )

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from service.errors import ArtifactRejected
+from service.errors import ArtifactLimitExceeded, ArtifactRejected
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
 MAX_METADATA_BYTES = 64 * 1024
@@ -233,7 +233,10 @@ def _check_entries(infos: list[zipfile.ZipInfo], max_uncompressed: int) -> None:
         name = info.filename
         shown = ascii(name[:80])
         if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
-            raise ArtifactRejected(f"Archive entry {index} ({shown}) escapes the archive")
+            # Not echoed: the name is a path the client chose, possibly one on this server.
+            raise ArtifactRejected(
+                f"Archive entry {index} has an absolute or '..' path: it escapes the archive"
+            )
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode) or info.is_dir():
             raise ArtifactRejected(f"Archive entry {shown} is a link or a directory")
@@ -250,19 +253,19 @@ def _check_entries(infos: list[zipfile.ZipInfo], max_uncompressed: int) -> None:
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise ArtifactRejected(f"Archive entry {shown} uses an unsupported compression")
         if info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1) + 4096:
-            raise ArtifactRejected(
+            raise ArtifactLimitExceeded(
                 f"Archive entry {shown} expands {info.file_size} bytes from "
                 f"{info.compress_size}: more than {MAX_COMPRESSION_RATIO} times (a zip bomb?)"
             )
         limit = {"config.json": MAX_CONFIG_BYTES, "metadata.json": MAX_METADATA_BYTES}
         if info.file_size > limit.get(name, max_uncompressed):
-            raise ArtifactRejected(
+            raise ArtifactLimitExceeded(
                 f"Archive entry {shown} is {info.file_size} bytes uncompressed; the limit is "
                 f"{limit.get(name, max_uncompressed)}"
             )
         total += info.file_size
     if total > max_uncompressed:
-        raise ArtifactRejected(
+        raise ArtifactLimitExceeded(
             f"Archive expands to {total} bytes; the limit is {max_uncompressed} bytes"
         )
 
@@ -522,7 +525,7 @@ def _model_params(model: dict[str, Any], widest: int) -> int:
 
 def check_param_count(declared: int, max_params: int) -> None:
     if declared > max_params:
-        raise ArtifactRejected(
+        raise ArtifactLimitExceeded(
             f"Model declares up to {declared} parameters; the limit is {max_params} "
             "(SPECTRAL_MAX_PARAMS)"
         )
@@ -564,7 +567,7 @@ def check_weights_file(handle: IO[bytes] | str, declared_params: int) -> None:
                         )
                     count += 1
                     if count > MAX_WEIGHT_DATASETS:
-                        raise ArtifactRejected(
+                        raise ArtifactLimitExceeded(
                             f"Weights file holds more than {MAX_WEIGHT_DATASETS} objects"
                         )
                     item = group[name]
@@ -575,7 +578,7 @@ def check_weights_file(handle: IO[bytes] | str, declared_params: int) -> None:
                         raise ArtifactRejected(f"Weights file has an odd object at {child_path!r}")
                     total += _check_dataset(item, child_path, per_dataset)
                     if total > budget:
-                        raise ArtifactRejected(
+                        raise ArtifactLimitExceeded(
                             f"Weights file declares more than {total} values; the config's "
                             f"shapes allow at most {budget}"
                         )
@@ -601,7 +604,7 @@ def _check_dataset(dataset: Any, path: str, per_dataset: int) -> int:
     for dim in dataset.shape or ():
         size *= int(dim)
     if size > per_dataset:
-        raise ArtifactRejected(
+        raise ArtifactLimitExceeded(
             f"Weights dataset {path!r} declares {size} values; the config's shapes allow at "
             f"most {per_dataset}"
         )

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import ArtifactRejected
+from service.errors import ArtifactLimitExceeded, ArtifactRejected
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def load_in_sandbox(data: bytes, request: SandboxRequest, wall_s: float) -> dict
                 out, _ = process.communicate(timeout=wall_s)
             except subprocess.TimeoutExpired:
                 _kill_group(process)
-                raise ArtifactRejected(
+                raise ArtifactLimitExceeded(
                     f"Loading the model took longer than {wall_s:g} s (SPECTRAL_SANDBOX_WALL_S); "
                     "refused"
                 ) from None
@@ -123,9 +123,11 @@ def load_in_sandbox(data: bytes, request: SandboxRequest, wall_s: float) -> dict
     reply = _parse_reply(out)
     if reply is None:
         logger.warning("model sandbox died (exit %s): %s", process.returncode, log_tail)
-        raise ArtifactRejected(_death_reason(process.returncode, request, log_tail))
+        reason, is_limit = _death_reason(process.returncode, request, log_tail)
+        raise (ArtifactLimitExceeded if is_limit else ArtifactRejected)(reason)
     if "rejected" in reply:
-        raise ArtifactRejected(str(reply["rejected"])[:1000])
+        refusal = ArtifactLimitExceeded if reply.get("limit") else ArtifactRejected
+        raise refusal(str(reply["rejected"])[:1000])
     metadata = reply.get("metadata")
     if not isinstance(metadata, dict):
         raise ArtifactRejected("The model load gave no metadata; refused")
@@ -151,19 +153,24 @@ def _parse_reply(out: bytes) -> dict[str, Any] | None:
     return reply if isinstance(reply, dict) else None
 
 
-def _death_reason(returncode: int, request: SandboxRequest, log_tail: str) -> str:
+def _death_reason(returncode: int, request: SandboxRequest, log_tail: str) -> tuple[str, bool]:
+    """Why the child died, and whether that was a resource limit."""
     memory = f"(limit {request.memory_mb} MiB, SPECTRAL_SANDBOX_MEMORY_MB)"
     if returncode == -signal.SIGXCPU:
         return (
             f"Loading the model used more than {request.cpu_s} s of CPU time "
-            "(SPECTRAL_SANDBOX_CPU_S); refused"
+            "(SPECTRAL_SANDBOX_CPU_S); refused",
+            True,
         )
     if returncode == -signal.SIGXFSZ:
-        return "Loading the model tried to write too much to disk; refused"
+        return "Loading the model tried to write too much to disk; refused", True
     if returncode == -signal.SIGKILL:
-        return f"The model load was killed: it ran out of memory or CPU time {memory}; refused"
+        return (
+            f"The model load was killed: it ran out of memory or CPU time {memory}; refused",
+            True,
+        )
     if any(marker in log_tail for marker in _OUT_OF_MEMORY):
-        return f"The model load ran out of memory {memory}; refused"
+        return f"The model load ran out of memory {memory}; refused", True
     if returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
         return (
@@ -239,7 +246,7 @@ def _load(work_dir: Path, request: SandboxRequest) -> dict[str, Any]:
             f"Model has no defined inputs/outputs: {_clean_message(exc, work_dir)}"
         ) from exc
     if metadata["param_count"] > request.max_params:
-        raise ArtifactRejected(
+        raise ArtifactLimitExceeded(
             f"Model has {metadata['param_count']} parameters; the limit is "
             f"{request.max_params} (SPECTRAL_MAX_PARAMS)"
         )
@@ -257,12 +264,13 @@ def main(argv: list[str]) -> int:
     try:
         reply: dict[str, Any] = {"metadata": _load(work_dir, request)}
     except ArtifactRejected as exc:
-        reply = {"rejected": exc.message}
+        reply = {"rejected": exc.message, "limit": isinstance(exc, ArtifactLimitExceeded)}
     except Exception as exc:  # anything else the hostile file provoked is a refusal too
         if isinstance(exc, MemoryError) or any(m in str(exc) for m in _OUT_OF_MEMORY):
             reply = {
                 "rejected": f"The model load ran out of memory (limit {request.memory_mb} MiB, "
-                "SPECTRAL_SANDBOX_MEMORY_MB); refused"
+                "SPECTRAL_SANDBOX_MEMORY_MB); refused",
+                "limit": True,
             }
         else:
             reply = {"rejected": f"The model load failed: {_clean_message(exc, work_dir)}"}
