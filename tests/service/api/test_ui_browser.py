@@ -1,10 +1,10 @@
 """The web UI in a real headless Chromium (Debian's, driven by Playwright) against a real server.
 
-The story test runs ``spectral serve`` (the API and its embedded worker on the SQLite broker)
-and walks what a user would do: upload a model and a dataset, prune by metric and watch the
-job, read the new version's plots, move ``production`` to it and try a prediction. The token
-test checks what a browser without a login, with a forged session and without the CSRF token
-is refused.
+Both tests share one ``spectral serve`` (the API and its embedded worker on the SQLite broker)
+with an API token set. The story test logs in and walks what a user would do: upload a model
+and a dataset, prune by metric and watch the job, read the new version's plots, move
+``production`` to it and try a prediction. The token test checks what a browser without a
+login, with a forged session, without the CSRF token or from another site is refused.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.api import REPO_ROOT, RunningApi, child_env, find_free_port
+from tests.support.api import REPO_ROOT, child_env, find_free_port
 from tests.support.digits import digits, digits_npz
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -36,37 +36,50 @@ pytestmark = pytest.mark.skipif(
 )
 WIDTHS = {"wide": (1280, 900), "narrow": (390, 844)}
 JOB_TIMEOUT_MS = 120_000
+TOKEN = "ui-test-token-" + "x" * 20
 
 
-@pytest.fixture
-def browser_page(tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
     with playwright_sync.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
+        launched = playwright.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
         )
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.set_default_timeout(20_000)
         try:
-            yield page
+            yield launched
         finally:
-            context.close()
-            browser.close()
+            launched.close()
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[str]:
-    """``spectral serve`` on a free port: the API with one embedded worker, embedded defaults."""
+def browser_page(browser: Any) -> Iterator[Any]:
+    """A page in a fresh context: no cookies, 1280 px wide."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``spectral serve`` on a free port: the API with one embedded worker on the embedded
+    defaults (SQLite registry and broker), with an API token so the UI needs a login to write."""
+    work_dir = tmp_path_factory.mktemp("serve")
     port = find_free_port()
-    log_path = tmp_path / "serve.log"
+    log_path = work_dir / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve"]
-            + ["--data-dir", str(tmp_path / "data"), "--port", str(port)],
+            + ["--data-dir", str(work_dir / "data"), "--port", str(port)],
             cwd=REPO_ROOT,
-            env=child_env({"SPECTRAL_BROKER_POLLING_INTERVAL_S": "0.05"}),
+            env=child_env(
+                {"SPECTRAL_BROKER_POLLING_INTERVAL_S": "0.05", "SPECTRAL_API_TOKEN": TOKEN}
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -96,6 +109,13 @@ def serve(tmp_path: Path) -> Iterator[str]:
             process.wait(timeout=10)
 
 
+def log_in(page: Any) -> None:
+    page.get_by_role("link", name="Log in").first.click()
+    page.get_by_label("API token").fill(TOKEN)
+    page.get_by_role("button", name="Log in").click()
+    playwright_sync.expect(page.get_by_role("button", name="Log out")).to_be_visible()
+
+
 def shoot(page: Any, directory: Path, name: str) -> None:
     """Full-page screenshots at both widths; at 390 px nothing may overflow sideways."""
     for label, (width, height) in WIDTHS.items():
@@ -119,9 +139,10 @@ def test_story_upload_prune_watch_plots_promote_try(
 
     page.goto(serve + "/")
     assert page.url == f"{serve}/ui"
-    expect(page.get_by_text("No models yet")).to_be_visible()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Models")
     page.keyboard.press("Tab")  # the first stop skips the navigation
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    log_in(page)
 
     # 1. Upload the trained digits model (the upload answers with its version page).
     page.get_by_role("link", name="Upload model").click()
@@ -236,7 +257,9 @@ def test_story_upload_prune_watch_plots_promote_try(
     row = [float(v) for v in np.round(x[7], 4)]
     page.get_by_label("Inputs").fill(json.dumps([row]))
     page.get_by_role("button", name="Predict with v2").click()
-    predicted = httpx.post(f"{serve}/models/digits/versions/2/predict", json={"inputs": [row]})
+    predicted = httpx.post(
+        f"{serve}/models/digits/versions/2/predict", json={"inputs": [row]}, timeout=30
+    )
     answer = predicted.json()["outputs"][0]
     best = int(np.argmax(answer))
     expect(page.locator(".prediction")).to_have_text(
@@ -247,37 +270,37 @@ def test_story_upload_prune_watch_plots_promote_try(
     expect(page.locator("#inputs-error")).to_contain_text("expected shape")
 
 
-TOKEN = "ui-test-token-" + "x" * 20
-
-
 def test_token_login_cookie_and_csrf(
-    start_api: Callable[..., RunningApi], browser_page: Any, digits_model_path: Path
+    serve: str, browser_page: Any, digits_model_path: Path
 ) -> None:
-    api = start_api({"SPECTRAL_API_TOKEN": TOKEN})
-    page = browser_page
+    api, page = serve, browser_page
     expect = playwright_sync.expect
-    model = ("digits.keras", digits_model_path.read_bytes())
+    model = ("guarded.keras", digits_model_path.read_bytes())
 
     # Without a login: reads work, the write forms are disabled and a direct post is refused.
     page.goto(api + "/ui/upload")
     expect(page.get_by_role("note")).to_contain_text("Read-only")
     expect(page.get_by_role("button", name="Upload")).to_be_disabled()
-    refused = httpx.post(f"{api}/ui/upload", data={"name": "digits"}, files={"file": model})
+    refused = httpx.post(
+        f"{api}/ui/upload", data={"name": "guarded"}, files={"file": model}, timeout=30
+    )
     assert refused.status_code == 401
     forged = httpx.post(
         f"{api}/ui/upload",
-        data={"name": "digits"},
+        data={"name": "guarded"},
         files={"file": model},
         cookies={"spectral_ui_session": "eyJleHAiOjk5OTk5OTk5OTl9.00"},
+        timeout=30,
     )
     assert forged.status_code == 401
-    assert httpx.get(f"{api}/models").json()["count"] == 0
+    assert httpx.get(f"{api}/models/guarded").status_code == 404
 
     # A wrong token is refused next to the field; the right one sets a session cookie.
     page.get_by_role("link", name="Log in").first.click()
     page.get_by_label("API token").fill("not-the-token")
     page.get_by_role("button", name="Log in").click()
     expect(page.locator("#token-error")).to_have_text("That is not the API token")
+    assert page.context.cookies() == []
     page.get_by_label("API token").fill(TOKEN)
     page.get_by_role("button", name="Log in").click()
     assert page.url == f"{api}/ui/upload"
@@ -287,29 +310,31 @@ def test_token_login_cookie_and_csrf(
     assert TOKEN not in cookie["value"]
     assert page.evaluate("document.cookie") == ""
 
-    # Logged in: the form uploads.
-    page.get_by_label("Model name").fill("digits")
-    page.get_by_label(".keras file").set_input_files(str(digits_model_path))
-    page.get_by_role("button", name="Upload").click()
-    expect(page.get_by_role("heading", level=1)).to_contain_text("digits v1")
-
     # The session's cookie alone does not make a write: the CSRF token must come with it.
+    created = httpx.post(
+        f"{api}/models",
+        data={"name": "guarded"},
+        files={"file": model},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+    )
+    assert created.status_code == 201, created.text
     alias = {"alias": "production", "version": "1", "seen": "{}"}
-    no_csrf = page.request.post(f"{api}/ui/models/digits/aliases", form=alias)
+    no_csrf = page.request.post(f"{api}/ui/models/guarded/aliases", form=alias)
     assert no_csrf.status == 403
     wrong_csrf = page.request.post(
-        f"{api}/ui/models/digits/aliases", form={**alias, "csrf_token": "0" * 64}
+        f"{api}/ui/models/guarded/aliases", form={**alias, "csrf_token": "0" * 64}
     )
     assert wrong_csrf.status == 403
-    page.goto(api + "/ui/models/digits")
+    page.goto(api + "/ui/models/guarded")
     csrf = page.locator("input[name=csrf_token]").first.get_attribute("value")
     cross_site = page.request.post(
-        f"{api}/ui/models/digits/aliases",
+        f"{api}/ui/models/guarded/aliases",
         form={**alias, "csrf_token": csrf},
         headers={"Origin": "http://attacker.example"},
     )
     assert cross_site.status == 403
-    assert httpx.get(f"{api}/models/digits").json()["aliases"] == {}
+    assert httpx.get(f"{api}/models/guarded").json()["aliases"] == {}
     page.get_by_label("Alias").fill("production")
     page.get_by_role("button", name="Move to v1").click()
     expect(page.locator("article#v1 .badge.alias")).to_have_text("production")
