@@ -12,11 +12,15 @@ The metadata recorded for a version includes its compile configuration, read fro
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import io
 import logging
 import os
 import tempfile
+import threading
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +46,12 @@ COMPILE_KEYS = frozenset({"optimizer", "loss", "metrics", "loss_weights", "weigh
 # HDF5 group and attribute overhead on top of the weight values themselves.
 _WEIGHTS_FILE_OVERHEAD = 4 * 1024 * 1024
 _SANDBOX_FILE_SLACK = 16 * 1024 * 1024
+# Metadata of byte-identical archives that already loaded in the sandbox under the same limits:
+# the same bytes load the same way, so re-uploads (one model under several names, retried
+# uploads) skip the seconds a fresh sandbox costs. Only successes are kept, in this process.
+_VERDICT_CACHE_SIZE = 128
+_verdicts: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+_verdicts_lock = threading.Lock()
 
 
 def _import_keras() -> Any:
@@ -157,11 +167,21 @@ def inspect_artifact(data: bytes, settings: Settings | None = None) -> dict[str,
         max_params=settings.max_params,
         declared_params=declared,
     )
-    metadata = load_in_sandbox(data, request, settings.sandbox_wall_s)
+    key = (hashlib.sha256(data).hexdigest(), request, settings.sandbox_wall_s)
+    with _verdicts_lock:
+        cached = _verdicts.get(key)
+    if cached is None:
+        metadata = load_in_sandbox(data, request, settings.sandbox_wall_s)
+        with _verdicts_lock:
+            _verdicts[key] = metadata
+            while len(_verdicts) > _VERDICT_CACHE_SIZE:
+                _verdicts.popitem(last=False)
+    else:
+        metadata = cached
     param_count = metadata.get("param_count")
     if not isinstance(param_count, int) or param_count > settings.max_params:
         raise ArtifactLimitExceeded(
             f"Model has {param_count} parameters; the limit is {settings.max_params} "
             "(SPECTRAL_MAX_PARAMS)"
         )
-    return {**metadata, "compile_config": compile_config(config)}
+    return {**copy.deepcopy(metadata), "compile_config": compile_config(config)}

@@ -506,7 +506,8 @@ def _model_params(model: dict[str, Any], widest: int) -> int:
         if (layer.get("module"), layer.get("class_name")) in _MODELS:
             total += _model_params(layer, widest)
             continue
-        config = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+        raw_config = layer.get("config")
+        config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
         width = _last_dim(layer.get("build_config")) or widest
         units = config.get("units")
         units = units if isinstance(units, int) and not isinstance(units, bool) else widest

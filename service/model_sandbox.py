@@ -174,9 +174,11 @@ def _death_reason(returncode: int, request: SandboxRequest, log_tail: str) -> tu
     if returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
         return (
-            f"The model load crashed ({name or returncode}), likely out of memory {memory}; refused"
+            f"The model load crashed ({name or returncode}), likely out of memory {memory}; "
+            "refused",
+            True,
         )
-    return f"The model load failed (exit status {returncode}); refused"
+    return f"The model load failed (exit status {returncode}); refused", False
 
 
 # -- the child side ---------------------------------------------------------------------------

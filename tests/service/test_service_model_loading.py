@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import service.model_loading
 from service.errors import ArtifactRejected
 from service.model_loading import compile_config_from_archive, inspect_artifact
 from service.model_policy import check_config
 from service.settings import Settings
+from tests.service.hostile.builders import fresh_copy
 from tests.support.digits import build_digits_model, keras_bytes
 from tests.support.uploads import lambda_model_bytes
 
@@ -71,3 +74,25 @@ def test_param_bombs_are_refused_before_any_load(digits_model_path: Path) -> Non
 def test_a_lonely_class_outside_the_list_is_refused() -> None:
     with pytest.raises(ArtifactRejected, match="module 'os'"):
         check_config({"module": "os", "class_name": "system", "config": {}})
+
+
+def test_identical_bytes_load_in_the_sandbox_once_per_limits(
+    model_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[int] = []
+    real = service.model_loading.load_in_sandbox
+
+    def counting(data: bytes, request: Any, wall_s: float) -> dict[str, Any]:
+        loads.append(request.max_params)
+        return real(data, request, wall_s)
+
+    monkeypatch.setattr(service.model_loading, "load_in_sandbox", counting)
+    data = fresh_copy(model_bytes)
+    first = inspect_artifact(data)
+    first["inputs"].clear()  # callers own what they get: the cached verdict stays intact
+    assert inspect_artifact(data)["inputs"][0]["shape"] == [None, 64]
+    assert loads == [50_000_000]
+    with pytest.raises(ArtifactRejected, match="limit is 2000"):
+        inspect_artifact(data, Settings(max_params=2000))
+    inspect_artifact(data, Settings(max_params=3000))
+    assert loads == [50_000_000, 3000]

@@ -107,3 +107,13 @@ def symlink_entry(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
     info.create_system = 3  # Unix, so the mode bits below are read as a file type
     info.external_attr = (stat.S_IFLNK | 0o777) << 16
     return info, target.encode()
+
+
+def fresh_copy(data: bytes) -> bytes:
+    """The same model with a unique metadata.json: other bytes, so no cached verdict applies."""
+    import uuid
+
+    parts = entries(data)
+    metadata = json.loads(parts["metadata.json"])
+    parts["metadata.json"] = json.dumps({**metadata, "nonce": uuid.uuid4().hex}).encode()
+    return build_zip(list(parts.items()))

@@ -30,6 +30,7 @@ from tests.service.hostile.builders import (
     build_zip,
     config_of,
     entries,
+    fresh_copy,
     function_ref,
     functional_model_bytes,
     layer,
@@ -448,7 +449,8 @@ def test_hostile_upload_is_refused_and_changes_nothing(
 
     assert _predict(client, "baseline") == baseline
     if case.reupload or FULL:
-        added = upload_version(client, "baseline", functional_model_bytes())
+        # Fresh bytes each time, so the sandbox really runs (no cached verdict).
+        added = upload_version(client, "baseline", fresh_copy(functional_model_bytes()))
         assert added.status_code == 201, added.text
         version = added.json()["version"]
         fresh = client.post(
@@ -463,7 +465,7 @@ def test_hostile_upload_is_refused_and_changes_nothing(
 def test_after_the_corpus_a_valid_model_uploads_and_predicts(
     client: httpx.Client, sampler: RssSampler, baseline: list[list[float]]
 ) -> None:
-    response = upload(client, "after-corpus", functional_model_bytes())
+    response = upload(client, "after-corpus", fresh_copy(functional_model_bytes()))
     assert response.status_code == 201, response.text
     assert _predict(client, "after-corpus") == baseline
     assert 0 < sampler.peak < RSS_LIMIT_BYTES, f"API RSS peaked at {sampler.peak / 2**20:.0f} MiB"
