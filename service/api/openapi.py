@@ -3,12 +3,14 @@
 FastAPI documents only 200 and its own 422 shape, which the app does not send (its handler
 answers ``{"error": {...}}`` like every other error). This module derives each operation's
 error statuses from one table of rules: what the operation takes (path parameters, a JSON or
-multipart body), its access level (`service.api.guard`), its tags and a few named operations.
-Routers added later (e.g. more alias routes) are documented by the same rules, untouched.
+multipart body), its access level (`service.api.guard`), its tags, a few named operations, and
+this deployment's settings (401 only where a token is required, 429 only where a rate limit is
+set). Routers added later (e.g. more alias routes) are documented by the same rules, untouched.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,6 +19,7 @@ from fastapi.routing import APIRoute
 
 from service.api.guard import api_route_contexts, route_access
 from service.api.schemas import ErrorBody
+from service.settings import Settings
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 
@@ -46,8 +49,38 @@ EXTRA_STATUSES: dict[tuple[str, str], set[int]] = {
 }
 
 
-def error_statuses(route: APIRoute, method: str, operation: dict[str, Any]) -> set[int]:
-    """The error statuses ``operation`` (``method`` of ``route``) can answer."""
+@dataclass(frozen=True)
+class AuthModel:
+    """What this deployment's settings make of auth, rate limits and token scopes."""
+
+    tokens_configured: bool
+    scoped_tokens: bool
+    protect_reads: bool
+    write_limit: bool
+    predict_limit: bool
+
+    @classmethod
+    def of(cls, app: FastAPI) -> AuthModel:
+        settings: Settings = app.state.settings
+        scoped = len(app.state.tokens) > 0
+        return cls(
+            tokens_configured=settings.api_token is not None or scoped,
+            scoped_tokens=scoped,
+            protect_reads=settings.protect_reads,
+            write_limit=settings.rate_limit_writes_per_min is not None,
+            predict_limit=settings.rate_limit_predicts_per_s is not None,
+        )
+
+    def needs_token(self, access: str | None) -> bool:
+        if access is None or not self.tokens_configured:
+            return False
+        return access == "write" or self.protect_reads
+
+
+def error_statuses(
+    route: APIRoute, method: str, operation: dict[str, Any], auth: AuthModel
+) -> set[int]:
+    """The error statuses ``operation`` (``method`` of ``route``) can answer here."""
     statuses: set[int] = set(EXTRA_STATUSES.get((method, route.path_format), ()))
     parameters = operation.get("parameters", [])
     body_types = set(operation.get("requestBody", {}).get("content", {}))
@@ -60,16 +93,16 @@ def error_statuses(route: APIRoute, method: str, operation: dict[str, Any]) -> s
     if "multipart/form-data" in body_types and "models" in route.tags:
         statuses.add(415)
     access = route_access(route)
-    if access is not None:
+    if auth.needs_token(access):
         statuses.add(401)
-    if access in ("write", "metrics"):
+    if (access == "write" and auth.scoped_tokens) or (access == "metrics" and auth.protect_reads):
         statuses.add(403)
-    if access == "write":
+    if (access == "write" and auth.write_limit) or ("predict" in route.tags and auth.predict_limit):
         statuses.add(429)
     if access == "write" and "aliases" in route.tags:
         statuses.add(409)
     if "predict" in route.tags:
-        statuses |= {400, 422, 429}
+        statuses |= {400, 422}
     return statuses
 
 
@@ -119,13 +152,17 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     error_schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(error_schema.pop("$defs", {}))
     components["ErrorBody"] = error_schema
+    auth = AuthModel.of(app)
     for context, route in api_route_contexts(app):
         if not route.include_in_schema:
             continue
         for method in sorted(context.methods or ()):
             operation = schema["paths"][context.path_format][method.lower()]
+            if "security" in operation and not auth.needs_token(route_access(route)):
+                # A token is accepted (and scopes a token's view) but not required here.
+                operation["security"] = [{}, *operation["security"]]
             responses = operation.setdefault("responses", {})
-            for status in sorted(error_statuses(route, method, operation)):
+            for status in sorted(error_statuses(route, method, operation, auth)):
                 responses[str(status)] = _error_response(status)
     schema["paths"]["/readyz"]["get"]["responses"]["503"] = _readiness_failure()
     # FastAPI's validation-error shapes are no longer referenced: every 422 is an ErrorBody.

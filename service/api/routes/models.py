@@ -51,6 +51,7 @@ def create_model(
     registry: RegistryDep,
     settings: SettingsDep,
     principal: WriterDep,
+    response: Response,
     file: Annotated[UploadFile, File(description="A .keras model file.")],
     name: Annotated[str, Form(description="The model's id: a lowercase slug.")],
 ) -> VersionPublic:
@@ -59,6 +60,7 @@ def create_model(
         # 403 whether or not the name is taken, so the answer tells nothing about other models.
         raise Forbidden("This token may not create a model with this name")
     record = registry.create_model(name, _upload_bytes(file, settings))
+    response.headers["Location"] = f"/models/{record.model_id}/versions/{record.version}"
     return VersionPublic.from_record(record)
 
 
@@ -85,10 +87,12 @@ def add_version(
     model_id: str,
     registry: RegistryDep,
     settings: SettingsDep,
+    response: Response,
     file: Annotated[UploadFile, File(description="A .keras model file.")],
 ) -> VersionPublic:
     """Uploads the next version of a model."""
     record = registry.add_version(model_id, _upload_bytes(file, settings))
+    response.headers["Location"] = f"/models/{record.model_id}/versions/{record.version}"
     return VersionPublic.from_record(record)
 
 
