@@ -226,6 +226,9 @@ def _load(work_dir: Path, request: SandboxRequest) -> dict[str, Any]:
             with archive.open(WEIGHTS_ENTRY) as weights:
                 check_weights_file(weights, request.declared_params)
 
+    # Keras imports scikit-learn (for its wrappers) when it is installed, and copes when it is
+    # not: a load needs none of it, and leaving it out saves ~0.7 s of every upload.
+    sys.modules["sklearn"] = None  # type: ignore[assignment]
     import keras
 
     import spectral  # noqa: F401  (registers "spectral>Spectral" with Keras)
