@@ -129,9 +129,55 @@ def load_in_sandbox(data: bytes, request: SandboxRequest, wall_s: float) -> dict
         refusal = ArtifactLimitExceeded if reply.get("limit") else ArtifactRejected
         raise refusal(str(reply["rejected"])[:1000])
     metadata = reply.get("metadata")
-    if not isinstance(metadata, dict):
-        raise ArtifactRejected("The model load gave no metadata; refused")
+    if not isinstance(metadata, dict) or not _well_formed(metadata):
+        # Only a child that misbehaved (a bug, or code the model ran) sends this.
+        logger.warning("model sandbox sent malformed metadata")
+        raise ArtifactRejected("The model load gave no usable metadata; refused")
     return metadata
+
+
+def _well_formed(metadata: dict[str, Any]) -> bool:
+    """Whether the child's metadata has the shape `model_metadata` gives, within sane sizes.
+
+    The registry stores it and serves it back, so a child the model subverted must not be able
+    to plant arbitrary data there.
+    """
+
+    def tensors(value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and 0 < len(value) <= 1024
+            and all(
+                isinstance(t, dict)
+                and set(t) == {"name", "shape", "dtype"}
+                and isinstance(t["name"], str | None)
+                and isinstance(t["dtype"], str)
+                and len(t["dtype"]) <= 32
+                and isinstance(t["shape"], list)
+                and len(t["shape"]) <= 16
+                and all(d is None or (type(d) is int and d >= 0) for d in t["shape"])
+                for t in value
+            )
+        )
+
+    counts = ("param_count", "layer_count", "spectral_units")
+    layers = metadata.get("spectral_layers")
+    return (
+        isinstance(metadata.get("keras_class"), str)
+        and len(metadata["keras_class"]) <= 100
+        and tensors(metadata.get("inputs"))
+        and tensors(metadata.get("outputs"))
+        and isinstance(metadata.get("input_names"), list)
+        and all(type(metadata.get(key)) is int and metadata[key] >= 0 for key in counts)
+        and isinstance(layers, list)
+        and all(
+            isinstance(item, dict)
+            and set(item) == {"name", "units"}
+            and isinstance(item["name"], str)
+            and type(item["units"]) is int
+            for item in layers
+        )
+    )
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

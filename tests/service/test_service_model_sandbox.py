@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import ArtifactRejected
-from service.model_sandbox import SandboxRequest, load_in_sandbox, sandbox_env
+from service.model_sandbox import SandboxRequest, _well_formed, load_in_sandbox, sandbox_env
 
 
 def _descendants(pid: int) -> set[int]:
@@ -77,5 +77,17 @@ def test_a_valid_model_loads_and_its_metadata_comes_back(model_bytes: bytes) -> 
     assert metadata["param_count"] == 2874
     assert [layer["units"] for layer in metadata["spectral_layers"]] == [32, 16]
     # Loaded with the default limits on: Keras's numpy backend fits in 2 GiB and 256 files.
+    # What a subverted child might send instead is refused, not stored.
+    assert _well_formed(metadata)
+    for key, bad in [
+        ("param_count", -1),
+        ("param_count", "2874"),
+        ("inputs", []),
+        ("inputs", [{"name": "x", "shape": ["<script>"], "dtype": "float32"}]),
+        ("outputs", [{"name": "y", "shape": [None, 2], "dtype": "float32", "extra": 1}]),
+        ("keras_class", "x" * 101),
+        ("spectral_layers", [{"name": "s", "units": 1.5}]),
+    ]:
+        assert not _well_formed({**metadata, key: bad}), (key, bad)
     with pytest.raises(ArtifactRejected, match="has 2874 parameters; the limit is 2000"):
         load_in_sandbox(model_bytes, _request(max_params=2000), wall_s=120)
