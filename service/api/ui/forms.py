@@ -16,11 +16,12 @@ from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
 from service import datasets
-from service.api.deps import BrokerDep, RegistryDep, SettingsDep
+from service.api.deps import BrokerDep, RegistryDep, SettingsDep, model_not_found
 from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_upload
 from service.api.schemas import DatasetPublic
 from service.api.ui import session as ui_session
-from service.api.ui.access import check_read, check_same_site, check_write, ui_access
+from service.api.ui.access import UiAccess, check_read, check_same_site, check_write, ui_access
+from service.api.ui.pages import visible_job
 from service.api.ui.rendering import html_errors, render
 from service.api.ui.views import lineage_tree
 from service.errors import (
@@ -29,6 +30,7 @@ from service.errors import (
     CompileConfigMissing,
     DatasetNotFound,
     DatasetRejected,
+    Forbidden,
     InvalidInput,
     ModelExists,
     ModelNotFound,
@@ -38,7 +40,9 @@ from service.errors import (
 )
 from service.jobs import state, submission
 from service.jobs.params import PruneRequest
+from service.registry import Registry
 from service.settings import Settings
+from service.tokens import TokenTable
 
 router = APIRouter(prefix="/ui", include_in_schema=False, route_class=html_errors())
 model_uploads = APIRouter(
@@ -82,10 +86,13 @@ def login(
     next: Annotated[str, Form()] = "/ui",
 ) -> Response:
     check_same_site(request)
-    if not ui_session.token_is_valid(settings, token):
+    tokens: TokenTable = request.app.state.tokens
+    key = ui_session.session_key(settings, tokens)
+    principal = ui_session.principal_for_token(settings, tokens, token)
+    if key is None or principal is None:
         message = (
-            "This server has no SPECTRAL_API_TOKEN: the UI can only log in with that token"
-            if settings.api_token is None
+            "This server has no API token configured: there is nothing to log in to"
+            if key is None
             else "That is not the API token"
         )
         return render(
@@ -97,7 +104,7 @@ def login(
     response = _see_other(_local(next))
     response.set_cookie(
         ui_session.COOKIE_NAME,
-        ui_session.new_session_cookie(settings),
+        ui_session.new_session_cookie(key, principal),
         max_age=ui_session.SESSION_TTL_S,
         path="/ui",
         httponly=True,
@@ -144,16 +151,20 @@ def upload_model(
     kind: Annotated[str, Form()] = "new",
     csrf_token: CsrfField = "",
 ) -> Response:
-    check_write(request, ui_access(request), csrf_token)
+    access = ui_access(request)
     name = name.strip()
+    check_write(request, access, csrf_token, model_id=name if kind == "version" else None)
     try:
+        if not access.sees(name):
+            # What the JSON API answers, whether or not the name is taken.
+            raise Forbidden("This token may not create a model with this name")
         data = _model_bytes(file, settings)
         if kind == "version":
             record = registry.add_version(name, data)
         else:
             record = registry.create_model(name, data)
     except SpectralError as exc:
-        on_name = isinstance(exc, (ModelExists, ModelNotFound)) or (
+        on_name = isinstance(exc, (ModelExists, ModelNotFound, Forbidden)) or (
             isinstance(exc, InvalidInput) and "name" in exc.message
         )
         return render(
@@ -180,7 +191,7 @@ def move_alias(
     csrf_token: CsrfField = "",
 ) -> Response:
     """Moves ``alias`` to ``version`` only if it still points where the page showed it."""
-    check_write(request, ui_access(request), csrf_token)
+    check_write(request, ui_access(request), csrf_token, model_id=model_id)
     alias = alias.strip()
     try:
         shown = json.loads(seen)
@@ -264,14 +275,17 @@ def prune_page(
     version: str = "",
     dataset_id: str = "",
 ) -> Response:
-    check_read(ui_access(request))
+    access = ui_access(request)
+    check_read(access)
     values = {"model_id": model_id, "version": version, "dataset_id": dataset_id}
-    return render(request, "prune.html", _prune_context(registry, values, {}))
+    return render(request, "prune.html", _prune_context(registry, access, values, {}))
 
 
-def _prune_context(registry: Any, values: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
+def _prune_context(
+    registry: Registry, access: UiAccess, values: dict[str, str], errors: dict[str, str]
+) -> dict[str, Any]:
     return {
-        "models": [m.id for m in registry.list_models()],
+        "models": [m.id for m in registry.list_models() if access.sees(m.id)],
         "values": {"method": "percentile", **values},
         "errors": errors,
     }
@@ -315,7 +329,8 @@ def submit_prune(
     dataset_id: FormText = "",
     csrf_token: CsrfField = "",
 ) -> Response:
-    check_write(request, ui_access(request), csrf_token)
+    access = ui_access(request)
+    check_write(request, access, csrf_token)
     values = {
         "model_id": model_id,
         "version": version,
@@ -329,13 +344,21 @@ def submit_prune(
     if method == "percentile":
         # The budget field stays on the page for switching methods; percentile ignores it.
         body.pop("max_delta_percent", None)
+    if values["model_id"] and not access.sees(values["model_id"]):
+        hidden = model_not_found(values["model_id"])
+        return render(
+            request,
+            "prune.html",
+            _prune_context(registry, access, values, {"model_id": hidden.message}),
+            status_code=hidden.status_code,
+        )
     try:
         prune_request = PruneRequest.model_validate(body)
     except ValidationError as exc:
         return render(
             request,
             "prune.html",
-            _prune_context(registry, values, _validation_errors(exc)),
+            _prune_context(registry, access, values, _validation_errors(exc)),
             status_code=422,
         )
     try:
@@ -347,7 +370,7 @@ def submit_prune(
         return render(
             request,
             "prune.html",
-            _prune_context(registry, values, {field: exc.message}),
+            _prune_context(registry, access, values, {field: exc.message}),
             status_code=exc.status_code,
         )
     return _see_other(f"/ui/jobs/{new.job.id}")
@@ -357,7 +380,9 @@ def submit_prune(
 def cancel_job(
     request: Request, job_id: str, registry: RegistryDep, csrf_token: CsrfField = ""
 ) -> Response:
-    check_write(request, ui_access(request), csrf_token)
+    access = ui_access(request)
     with registry.database.session() as session:
+        job = visible_job(session, access, job_id)
+        check_write(request, access, csrf_token, model_id=job.model_id)
         state.request_cancel(session, job_id)
     return _see_other(f"/ui/jobs/{job_id}")

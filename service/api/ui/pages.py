@@ -11,20 +11,30 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from service.api.deps import PredictorDep, RegistryDep, SettingsDep
 from service.api.limits import load_json_limited
 from service.api.schemas import JobPublic, VersionPublic
 from service.api.ui import plots, views
-from service.api.ui.access import check_read, ui_access
+from service.api.ui.access import UiAccess, check_read, count_prediction, ui_access
 from service.api.ui.rendering import html_errors, render
-from service.errors import SpectralError
+from service.errors import JobNotFound, SpectralError
 from service.jobs import table
 from service.jobs.params import JobStatus
+from service.jobs.table import Job
 
 router = APIRouter(prefix="/ui", include_in_schema=False, route_class=html_errors())
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def visible_job(session: Session, access: UiAccess, job_id: str) -> Job:
+    """The job, or `JobNotFound` (what an unknown id answers) when its model is hidden."""
+    job = table.get_job(session, job_id)
+    if not access.sees(job.model_id):
+        raise JobNotFound(f"No job with id {job_id!r}")
+    return job
 
 
 def status_filter(value: str) -> JobStatus | None:
@@ -33,12 +43,13 @@ def status_filter(value: str) -> JobStatus | None:
 
 @router.get("")
 def models_page(request: Request, registry: RegistryDep, q: str = "") -> Response:
-    check_read(ui_access(request))
+    access = ui_access(request)
+    check_read(access)
     needle = q.strip().lower()
     rows = []
     with registry.database.session() as session:
         for model in registry.list_models():
-            if needle and needle not in model.id:
+            if (needle and needle not in model.id) or not access.sees(model.id):
                 continue
             latest = model.versions[-1] if model.versions else None
             last_jobs = table.list_jobs(session, model_id=model.id, limit=1)
@@ -55,7 +66,7 @@ def models_page(request: Request, registry: RegistryDep, q: str = "") -> Respons
 
 @router.get("/models/{model_id}")
 def model_page(request: Request, model_id: str, registry: RegistryDep) -> Response:
-    check_read(ui_access(request))
+    check_read(ui_access(request), model_id)
     model = registry.get_model(model_id)
     return render(
         request,
@@ -69,12 +80,13 @@ def model_page(request: Request, model_id: str, registry: RegistryDep) -> Respon
 
 
 def _try_it(
-    inputs: str | None, record: Any, predictor: Any, settings: Any
+    request: Request, inputs: str | None, record: Any, predictor: Any, settings: Any
 ) -> tuple[str, Any, str | None]:
     """The try-it box: the inputs shown, the outputs (None before a try) and the error text."""
     if inputs is None:
         return views.example_inputs(record), None, None
     try:
+        count_prediction(request, ui_access(request))
         parsed = load_json_limited(inputs, settings, "The inputs")
         return inputs, predictor.predict(record, parsed), None
     except SpectralError as exc:
@@ -91,7 +103,7 @@ def version_page(
     settings: SettingsDep,
     inputs: Annotated[str | None, Query(max_length=100_000)] = None,
 ) -> Response:
-    check_read(ui_access(request))
+    check_read(ui_access(request), model_id)
     record = registry.resolve(model_id, version)
     model = registry.get_model(model_id)
     badges = views.aliases_by_version(model)
@@ -100,7 +112,7 @@ def version_page(
         parent_record = registry.resolve(model_id, record.parent_version)
         parent = views.summarize(parent_record, badges.get(parent_record.version, []))
     report = record.report or {}
-    shown_inputs, outputs, predict_error = _try_it(inputs, record, predictor, settings)
+    shown_inputs, outputs, predict_error = _try_it(request, inputs, record, predictor, settings)
     return render(
         request,
         "version.html",
@@ -127,7 +139,7 @@ def version_page(
 def plot_png(
     request: Request, model_id: str, version: int, kind: plots.PlotKind, registry: RegistryDep
 ) -> Response:
-    check_read(ui_access(request))
+    check_read(ui_access(request), model_id)
     image = plots.report_png(registry.resolve(model_id, version), kind)
     return Response(
         image, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
@@ -139,7 +151,7 @@ def download_artifact(
     request: Request, model_id: str, version: int, registry: RegistryDep
 ) -> Response:
     """The artifact, for browsers whose session (not a bearer header) grants reads."""
-    check_read(ui_access(request))
+    check_read(ui_access(request), model_id)
     record = registry.resolve(model_id, version)
     return Response(
         registry.read_artifact(record),
@@ -155,16 +167,15 @@ def jobs_page(
     model_id: str = "",
     status: str = "",
 ) -> Response:
-    check_read(ui_access(request))
+    access = ui_access(request)
+    check_read(access)
     with registry.database.session() as session:
         rows = [
             JobPublic.from_row(job)
             for job in table.list_jobs(
-                session,
-                model_id=model_id or None,
-                status=status_filter(status),
-                limit=200,
+                session, model_id=model_id or None, status=status_filter(status), limit=200
             )
+            if access.sees(job.model_id)
         ]
     return render(
         request,
@@ -180,12 +191,13 @@ def jobs_progress(
     job_id: Annotated[list[str], Query(alias="id", max_length=200)],
 ) -> JSONResponse:
     """Status, progress, step and error of the listed jobs, for the pages' once-a-second poll."""
-    check_read(ui_access(request))
+    access = ui_access(request)
+    check_read(access)
     found = []
     with registry.database.session() as session:
         for one in job_id:
             try:
-                job = JobPublic.from_row(table.get_job(session, one))
+                job = JobPublic.from_row(visible_job(session, access, one))
             except SpectralError:
                 continue
             found.append(
@@ -203,7 +215,8 @@ def jobs_progress(
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, job_id: str, registry: RegistryDep) -> Response:
-    check_read(ui_access(request))
+    access = ui_access(request)
+    check_read(access)
     with registry.database.session() as session:
-        job = JobPublic.from_row(table.get_job(session, job_id))
+        job = JobPublic.from_row(visible_job(session, access, job_id))
     return render(request, "job.html", {"job": job})

@@ -1,10 +1,16 @@
 """Who is using the UI: a signed session cookie that stands for a checked token, and its CSRF
 token.
 
-The browser never holds the API token itself after login: the cookie carries only an expiry
-and a random nonce, signed with a key derived from ``SPECTRAL_API_TOKEN`` (so rotating the
-token ends every session), and is HttpOnly and SameSite=Strict. The CSRF token a write form
-carries is another HMAC of the same nonce, so it needs no server-side storage either.
+After login the browser holds no token, only a cookie (HttpOnly, SameSite=Strict) carrying an
+expiry, a random nonce and whom it acts for (``admin`` or a scoped token's name), signed with
+HMAC-SHA256. The CSRF token a write form carries is another HMAC of the same nonce, so nothing
+is stored on the server and every API process checks a session alike.
+
+The signing key is derived from the server's secrets: the admin token and every token-file
+entry (name, hash, scope, models), so changing any of them ends every session. Without an
+admin token the key is only as secret as the token hashes: forging a session then takes the
+hash of every token in the file, and a file of one token lets its holder forge sessions only
+for that same token.
 """
 
 from __future__ import annotations
@@ -18,40 +24,50 @@ import time
 from dataclasses import dataclass
 
 from service.settings import Settings
+from service.tokens import ADMIN, Principal, TokenTable
 
 COOKIE_NAME = "spectral_ui_session"
 SESSION_TTL_S = 12 * 3600
 _KEY_LABEL = b"spectral-ui-session-v1"
 
 
-def _session_key(settings: Settings) -> bytes | None:
-    if settings.api_token is None:
+def auth_configured(settings: Settings, tokens: TokenTable) -> bool:
+    """Whether writes (and, with protect_reads, reads) need a token: as the JSON API decides."""
+    return settings.api_token is not None or len(tokens) > 0
+
+
+def session_key(settings: Settings, tokens: TokenTable) -> bytes | None:
+    """The key sessions are signed with; None when no token is configured (no sessions)."""
+    if not auth_configured(settings, tokens):
         return None
-    secret = settings.api_token.get_secret_value().encode()
-    return hmac.new(secret, _KEY_LABEL, hashlib.sha256).digest()
+    digest = hashlib.sha256(_KEY_LABEL)
+    if settings.api_token is not None:
+        digest.update(b"admin\0" + settings.api_token.get_secret_value().encode() + b"\0")
+    for entry in sorted(tokens.entries, key=lambda e: e.name):
+        described = [entry.name, entry.sha256, entry.access, *entry.models]
+        digest.update(json.dumps(described).encode() + b"\0")
+    return digest.digest()
 
 
-def token_required(settings: Settings) -> bool:
-    """Whether writes (and, with protect_reads, reads) need a login."""
-    return settings.api_token is not None or settings.tokens_file is not None
+def principal_for_token(settings: Settings, tokens: TokenTable, token: str) -> Principal | None:
+    """Whom ``token`` names: the admin, a scoped token, or None (unknown).
 
-
-def token_is_valid(settings: Settings, token: str) -> bool:
-    """Whether ``token`` is the admin token, compared in constant time.
-
-    Scoped tokens from a token file cannot open a UI session yet: the session key is derived
-    from the admin token, which a token-file-only deployment does not have.
+    The same comparison as `service.api.deps.identify` makes for a bearer header: the admin
+    token in constant time, then every token-file entry in constant time.
     """
-    if settings.api_token is None:
-        return False
-    expected = settings.api_token.get_secret_value().encode()
-    return hmac.compare_digest(token.encode(), expected)
+    if settings.api_token is not None and hmac.compare_digest(
+        token.encode(), settings.api_token.get_secret_value().encode()
+    ):
+        return ADMIN
+    entry = tokens.find(token)
+    return Principal("scoped", token=entry) if entry is not None else None
 
 
 @dataclass(frozen=True)
 class UiSession:
-    """A logged-in browser: when the session ends and the token its forms must carry."""
+    """A logged-in browser: whom it acts for, when the session ends, what its forms carry."""
 
+    principal: Principal
     expires_at: int
     csrf_token: str
 
@@ -64,24 +80,33 @@ def _csrf(key: bytes, nonce: str) -> str:
     return hmac.new(key, b"csrf:" + nonce.encode(), hashlib.sha256).hexdigest()
 
 
-def new_session_cookie(settings: Settings, now: float | None = None) -> str:
-    """The cookie value of a fresh session (the caller has checked the token)."""
-    key = _session_key(settings)
-    if key is None:
-        raise RuntimeError("UI sessions need SPECTRAL_API_TOKEN")
+def _subject(principal: Principal) -> str:
+    return f"token:{principal.token.name}" if principal.token is not None else "admin"
+
+
+def new_session_cookie(key: bytes, principal: Principal, now: float | None = None) -> str:
+    """The cookie value of a fresh session for ``principal`` (whose token the caller checked)."""
     issued = int(time.time() if now is None else now)
     payload = json.dumps(
-        {"exp": issued + SESSION_TTL_S, "nonce": secrets.token_urlsafe(16)},
+        {
+            "exp": issued + SESSION_TTL_S,
+            "nonce": secrets.token_urlsafe(16),
+            "sub": _subject(principal),
+        },
         separators=(",", ":"),
     ).encode()
     return base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + _sign(key, payload)
 
 
 def read_session(
-    settings: Settings, cookie: str | None, now: float | None = None
+    key: bytes | None,
+    settings: Settings,
+    tokens: TokenTable,
+    cookie: str | None,
+    now: float | None = None,
 ) -> UiSession | None:
-    """The session ``cookie`` stands for, or None when it is missing, forged or expired."""
-    key = _session_key(settings)
+    """The session ``cookie`` stands for; None when it is missing, forged, expired, or names a
+    token the server no longer has."""
     if key is None or not cookie or cookie.count(".") != 1:
         return None
     encoded, signature = cookie.split(".")
@@ -89,13 +114,22 @@ def read_session(
         payload = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
     except ValueError:
         return None
-    if not hmac.compare_digest(signature, _sign(key, payload)):
+    if not hmac.compare_digest(signature.encode(), _sign(key, payload).encode()):
         return None
     try:
         data = json.loads(payload)
-        expires_at, nonce = int(data["exp"]), str(data["nonce"])
+        expires_at, nonce, subject = int(data["exp"]), str(data["nonce"]), str(data["sub"])
     except (ValueError, KeyError, TypeError):
         return None
     if expires_at <= (time.time() if now is None else now):
         return None
-    return UiSession(expires_at=expires_at, csrf_token=_csrf(key, nonce))
+    principal: Principal | None = None
+    if subject == "admin" and settings.api_token is not None:
+        principal = ADMIN
+    elif subject.startswith("token:"):
+        name = subject.removeprefix("token:")
+        entry = next((e for e in tokens.entries if e.name == name), None)
+        principal = Principal("scoped", token=entry) if entry is not None else None
+    if principal is None:
+        return None
+    return UiSession(principal=principal, expires_at=expires_at, csrf_token=_csrf(key, nonce))

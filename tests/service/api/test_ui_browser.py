@@ -187,7 +187,7 @@ def test_story_upload_prune_watch_plots_promote_try(
 
     # ... and watch it: the page polls, so progress and step change without a reload.
     status = page.locator(".job-status")
-    steps_seen = set()
+    steps_seen: set[str] = set()
     deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
     while status.inner_text() != "succeeded" and time.monotonic() < deadline:
         assert status.inner_text() in ("queued", "running"), alert_texts(page)
