@@ -121,7 +121,7 @@ def check_json_limits(data: bytes, *, max_depth: int, max_number_chars: int) -> 
     if b"d" * 19 not in bare.translate(_DIGITS):
         return
     for match in _INTEGER.finditer(bare):
-        if abs(int(match.group())) > _INT64_MAX:
+        if not -_INT64_MAX - 1 <= int(match.group()) <= _INT64_MAX:
             raise InvalidJSON(
                 "JSON holds an integer outside the signed 64-bit range; no field accepts one",
                 details={"max_integer": _INT64_MAX},
