@@ -21,9 +21,8 @@ from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_upload
 from service.api.schemas import DatasetPublic
 from service.api.ui import session as ui_session
 from service.api.ui.access import UiAccess, check_read, check_same_site, check_write, ui_access
-from service.api.ui.pages import visible_job
+from service.api.ui.pages import model_context, visible_job
 from service.api.ui.rendering import html_errors, render
-from service.api.ui.views import lineage_tree
 from service.errors import (
     AliasConflict,
     AliasNotFound,
@@ -180,6 +179,33 @@ def upload_model(
     return _see_other(f"/ui/models/{record.model_id}/versions/{record.version}")
 
 
+def _actor(access: UiAccess) -> str | None:
+    """The name alias moves record: a scoped token's name (the admin token has none)."""
+    return access.principal.token.name if access.principal.token is not None else None
+
+
+def _alias_refused(
+    request: Request,
+    registry: Registry,
+    model_id: str,
+    exc: SpectralError,
+    alias: str,
+    version: int | None,
+) -> Response:
+    """The model page again, with the service's message next to the form that was used."""
+    message = exc.message
+    if isinstance(exc, AliasConflict):
+        current = (exc.details or {}).get("current_version")
+        where = f"v{current}" if current is not None else "nowhere"
+        message = (
+            f"{alias!r} points at {where} now, not where this page showed it: "
+            "check the page again and retry"
+        )
+    context = model_context(registry, model_id)
+    context["alias_error"] = {"version": version, "alias": alias, "message": message}
+    return render(request, "model.html", context, status_code=exc.status_code)
+
+
 @router.post("/models/{model_id}/aliases")
 def move_alias(
     request: Request,
@@ -191,7 +217,8 @@ def move_alias(
     csrf_token: CsrfField = "",
 ) -> Response:
     """Moves ``alias`` to ``version`` only if it still points where the page showed it."""
-    check_write(request, ui_access(request), csrf_token, model_id=model_id)
+    access = ui_access(request)
+    check_write(request, access, csrf_token, model_id=model_id)
     alias = alias.strip()
     try:
         shown = json.loads(seen)
@@ -200,28 +227,34 @@ def move_alias(
     expected = shown.get(alias) if isinstance(shown, dict) else None
     try:
         registry.set_alias(
-            model_id, alias, version, if_version=expected if isinstance(expected, int) else None
+            model_id,
+            alias,
+            version,
+            if_version=expected if isinstance(expected, int) else None,
+            actor=_actor(access),
         )
     except (AliasConflict, AliasNotFound, InvalidInput, VersionNotFound) as exc:
-        message = exc.message
-        if isinstance(exc, AliasConflict):
-            current = (exc.details or {}).get("current_version")
-            message = (
-                f"{alias!r} moved to v{current} since this page was loaded: "
-                "check the tree below and try again"
-            )
-        model = registry.get_model(model_id)
-        return render(
-            request,
-            "model.html",
-            {
-                "model": model,
-                "tree": lineage_tree(model),
-                "seen_aliases": json.dumps(model.aliases, sort_keys=True),
-                "alias_error": {"version": version, "alias": alias, "message": message},
-            },
-            status_code=exc.status_code,
-        )
+        return _alias_refused(request, registry, model_id, exc, alias, version)
+    return _see_other(f"/ui/models/{model_id}")
+
+
+@router.post("/models/{model_id}/aliases/{alias}/rollback")
+def rollback_alias(
+    request: Request,
+    model_id: str,
+    alias: str,
+    registry: RegistryDep,
+    if_version: Annotated[int, Form()],
+    csrf_token: CsrfField = "",
+) -> Response:
+    """Moves ``alias`` back to where its latest move took it from, if it is still where the
+    page showed it."""
+    access = ui_access(request)
+    check_write(request, access, csrf_token, model_id=model_id)
+    try:
+        registry.rollback_alias(model_id, alias, if_version=if_version, actor=_actor(access))
+    except (AliasConflict, AliasNotFound, InvalidInput) as exc:
+        return _alias_refused(request, registry, model_id, exc, alias, None)
     return _see_other(f"/ui/models/{model_id}")
 
 

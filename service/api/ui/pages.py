@@ -23,6 +23,7 @@ from service.errors import JobNotFound, SpectralError
 from service.jobs import table
 from service.jobs.params import JobStatus
 from service.jobs.table import Job
+from service.registry import Registry
 
 router = APIRouter(prefix="/ui", include_in_schema=False, route_class=html_errors())
 
@@ -64,19 +65,28 @@ def models_page(request: Request, registry: RegistryDep, q: str = "") -> Respons
     return render(request, "models.html", {"rows": rows, "q": q})
 
 
+ALIAS_HISTORY_SHOWN = 5
+
+
+def model_context(registry: Registry, model_id: str) -> dict[str, Any]:
+    """What the model page shows: the lineage tree, the aliases as the page saw them (for the
+    compare-and-set moves) and each alias's latest moves."""
+    model = registry.get_model(model_id)
+    return {
+        "model": model,
+        "tree": views.lineage_tree(model),
+        "seen_aliases": json.dumps(model.aliases, sort_keys=True),
+        "alias_history": {
+            alias: registry.alias_history(model_id, alias, limit=ALIAS_HISTORY_SHOWN)
+            for alias in sorted(model.aliases)
+        },
+    }
+
+
 @router.get("/models/{model_id}")
 def model_page(request: Request, model_id: str, registry: RegistryDep) -> Response:
     check_read(ui_access(request), model_id)
-    model = registry.get_model(model_id)
-    return render(
-        request,
-        "model.html",
-        {
-            "model": model,
-            "tree": views.lineage_tree(model),
-            "seen_aliases": json.dumps(model.aliases, sort_keys=True),
-        },
-    )
+    return render(request, "model.html", model_context(registry, model_id))
 
 
 def _try_it(

@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +16,7 @@ from pydantic import SecretStr
 
 from service.api.app import create_app
 from service.api.ui import session as ui_session
+from service.jobs import state
 from service.settings import Settings
 from service.tokens import ADMIN, TokenTable, new_token_entry
 
@@ -204,9 +206,31 @@ def test_without_a_token_anyone_writes_but_not_from_another_site(
         )
         assert stale.status_code == 409
         assert alerts(stale.text) == [
-            "&#39;production&#39; moved to v1 since this page was loaded: "
-            "check the tree below and try again"
+            "&#39;production&#39; points at v1 now, not where this page showed it: "
+            "check the page again and retry"
         ]
+
+        # History and rollback: the page lists the moves; a rollback names the version it saw.
+        app.state.registry.add_version("digits", model_bytes)
+        client.post("/ui/models/digits/aliases", data={**move, "version": "2"})
+        rows = re.findall(
+            r"<tr><td>[^<]+</td><td>([^<]+)</td><td>([^<]+)</td><td>(\w+)</td>",
+            client.get("/ui/models/digits").text,
+        )
+        assert rows == [("v1", "v2", "set"), ("v1", "v1", "set"), ("-", "v1", "set")]
+        back = client.post(
+            "/ui/models/digits/aliases/production/rollback",
+            data={"if_version": "2"},
+            follow_redirects=False,
+        )
+        assert back.status_code == 303
+        assert app.state.registry.get_model("digits").aliases == {"production": 1}
+        again = client.post(
+            "/ui/models/digits/aliases/production/rollback", data={"if_version": "2"}
+        )
+        assert again.status_code == 409
+        assert "points at v1 now" in alerts(again.text)[0]
+        assert app.state.registry.get_model("digits").aliases == {"production": 1}
 
 
 def test_try_it_shows_hostile_inputs_as_text_and_refusals_as_field_errors(
@@ -224,3 +248,40 @@ def test_try_it_shows_hostile_inputs_as_text_and_refusals_as_field_errors(
     wrong = client.get(base, params={"inputs": "[[1, 2]]"})
     assert "expected shape" in alerts(wrong.text)[0]
     assert client.get(base, params={"inputs": "[" + ",".join(["0"] * 64) + "]"}).status_code == 200
+
+
+def test_jobs_page_filters_cancels_and_shows_failures(tmp_path: Path, model_bytes: bytes) -> None:
+    app = create_app(Settings(data_dir=tmp_path))
+    app.state.registry.create_model("digits", model_bytes)
+    # No worker runs here: submitted jobs stay queued until this test moves them.
+    sent: list[str] = []
+    app.state.broker = SimpleNamespace(enqueue=lambda job_id, queue: sent.append(job_id))
+    prune = {"model_id": "digits", "method": "percentile", "percentile": "50"}
+    with TestClient(app) as client:
+        first = client.post("/ui/prune", data=prune, follow_redirects=False)
+        assert first.status_code == 303
+        cancel_id = first.headers["location"].rsplit("/", 1)[-1]
+        page = client.get(first.headers["location"]).text
+        assert "queued" in page and "Cancel job" in page
+        second = client.post("/ui/prune", data={**prune, "percentile": "30"})
+        fail_id = second.url.path.rsplit("/", 1)[-1]
+        assert sent == [cancel_id, fail_id]
+        with app.state.registry.database.session() as session:
+            state.mark_failed(session, fail_id, "Out of <b>memory</b> at step 2")
+
+        cancelled = client.post(f"/ui/jobs/{cancel_id}/cancel", follow_redirects=False)
+        assert cancelled.status_code == 303
+        page = client.get(f"/ui/jobs/{cancel_id}").text
+        assert "cancelled" in page and "Cancel job" not in page
+        again = client.post(f"/ui/jobs/{fail_id}/cancel")
+        assert again.status_code == 409 and "already failed" in again.text
+
+        failed = client.get("/ui/jobs", params={"status": "failed"}).text
+        assert fail_id in failed and cancel_id not in failed
+        assert "Out of &lt;b&gt;memory&lt;/b&gt; at step 2" in failed
+        assert client.get("/ui/jobs", params={"model_id": "nothing"}).text.count("No jobs match")
+        progress = client.get("/ui/jobs/progress", params={"id": [fail_id, cancel_id, "nope"]})
+        by_id = {job["id"]: job for job in progress.json()["data"]}
+        assert set(by_id) == {fail_id, cancel_id}
+        assert by_id[fail_id]["error"] == "Out of <b>memory</b> at step 2"
+        assert by_id[cancel_id]["status"] == "cancelled"
