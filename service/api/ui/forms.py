@@ -57,7 +57,18 @@ dataset_uploads = APIRouter(
 
 CsrfField = Annotated[str, Form(max_length=200)]
 FormText = Annotated[str, Form(max_length=200)]
-PRUNE_FIELDS = ("model_id", "version", "method", "percentile", "max_delta_percent", "dataset_id")
+PRUNE_FIELDS = (
+    "model_id",
+    "version",
+    "method",
+    "percentile",
+    "max_delta_percent",
+    "dataset_id",
+    "promote_alias",
+    "promote_max_drop",
+)
+# Fields of the nested promotion gate, by their location in `PruneRequest`.
+_PROMOTE_FIELDS = {"alias": "promote_alias", "max_drop_percent": "promote_max_drop"}
 
 
 def _see_other(url: str) -> RedirectResponse:
@@ -331,6 +342,8 @@ def _validation_errors(exc: ValidationError) -> dict[str, str]:
         location = [str(part) for part in error.get("loc", ())]
         message = str(error.get("msg", "")).removeprefix("Value error, ")
         field = location[0] if location and location[0] in PRUNE_FIELDS else None
+        if location[:1] == ["promote"]:
+            field = _PROMOTE_FIELDS.get(location[1] if len(location) > 1 else "", "promote_alias")
         if field is None:
             # "method=metric needs a dataset_id": the field named last is the one to fix.
             named = [(message.rfind(f), f) for f in PRUNE_FIELDS if f in message]
@@ -360,6 +373,8 @@ def submit_prune(
     percentile: FormText = "",
     max_delta_percent: FormText = "",
     dataset_id: FormText = "",
+    promote_alias: FormText = "",
+    promote_max_drop: FormText = "",
     csrf_token: CsrfField = "",
 ) -> Response:
     access = ui_access(request)
@@ -371,12 +386,21 @@ def submit_prune(
         "percentile": percentile,
         "max_delta_percent": max_delta_percent,
         "dataset_id": dataset_id,
+        "promote_alias": promote_alias,
+        "promote_max_drop": promote_max_drop,
     }
     values = {field: value.strip() for field, value in values.items()}
-    body = {field: value for field, value in values.items() if value}
+    body: dict[str, Any] = {
+        field: value
+        for field, value in values.items()
+        if value and not field.startswith("promote_")
+    }
     if method == "percentile":
         # The budget field stays on the page for switching methods; percentile ignores it.
         body.pop("max_delta_percent", None)
+    if values["promote_alias"] or values["promote_max_drop"]:
+        gate = {"alias": values["promote_alias"], "max_drop_percent": values["promote_max_drop"]}
+        body["promote"] = {key: value for key, value in gate.items() if value}
     if values["model_id"] and not access.sees(values["model_id"]):
         hidden = model_not_found(values["model_id"])
         return render(
@@ -400,6 +424,8 @@ def submit_prune(
         )
     except SpectralError as exc:
         field = _SUBMIT_ERROR_FIELDS.get(type(exc), "form")
+        if isinstance(exc, InvalidInput) and exc.message.startswith("promote"):
+            field = "promote_alias"
         return render(
             request,
             "prune.html",

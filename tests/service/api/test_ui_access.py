@@ -280,6 +280,18 @@ def test_jobs_page_filters_cancels_and_shows_failures(tmp_path: Path, model_byte
         assert fail_id in failed and cancel_id not in failed
         assert "Out of &lt;b&gt;memory&lt;/b&gt; at step 2" in failed
         assert client.get("/ui/jobs", params={"model_id": "nothing"}).text.count("No jobs match")
+        # The promotion gate's refusals show next to its own fields.
+        gate = {**prune, "promote_alias": "production", "promote_max_drop": "500"}
+        too_much = client.post("/ui/prune", data=gate)
+        assert too_much.status_code == 422
+        assert re.search(r'id="promote_max_drop-error" role="alert">[^<]*100', too_much.text)
+        no_dataset = client.post("/ui/prune", data={**gate, "promote_max_drop": "1"})
+        assert no_dataset.status_code == 422
+        assert re.search(
+            r'id="promote_alias-error" role="alert">promote needs dataset_id', no_dataset.text
+        )
+        assert sent == [cancel_id, fail_id]  # neither was submitted
+
         progress = client.get("/ui/jobs/progress", params={"id": [fail_id, cancel_id, "nope"]})
         by_id = {job["id"]: job for job in progress.json()["data"]}
         assert set(by_id) == {fail_id, cancel_id}
