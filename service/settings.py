@@ -43,10 +43,12 @@ class Settings(BaseSettings):
         default=8, description="How many loaded model versions the predict cache keeps."
     )
     api_token: SecretStr | None = Field(
-        default=None, description="Bearer token required for writes when set."
+        default=None,
+        description="The admin bearer token (every model, every operation). When it or "
+        "tokens_file is set, writes need a token.",
     )
     protect_reads: bool = Field(
-        default=False, description="Also require the bearer token for reads."
+        default=False, description="Also require a bearer token (admin or scoped) for reads."
     )
     tokens_file: Path | None = Field(
         default=None,
