@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, status
 
-from service.api.deps import RegistryDep, require_read, require_write
+from service.api.deps import RegistryDep, WriterDep, require_read
 from service.api.schemas import (
     AliasEventPublic,
     AliasHistoryPublic,
@@ -18,29 +18,34 @@ from service.api.schemas import (
     AliasRollback,
     AliasUpdate,
 )
+from service.tokens import Principal
 
 router = APIRouter(prefix="/models", tags=["aliases"])
 
 
-@router.put(
-    "/{model_id}/aliases/{alias}",
-    response_model=AliasPublic,
-    dependencies=[Depends(require_write)],
-)
-def set_alias(model_id: str, alias: str, body: AliasUpdate, registry: RegistryDep) -> AliasPublic:
+def _actor(principal: Principal) -> str | None:
+    """Who the history says moved the alias: the admin token, a scoped token's name, or
+    nobody known (a server without tokens)."""
+    if principal.token is not None:
+        return principal.token.name
+    return "admin" if principal.kind == "admin" else None
+
+
+@router.put("/{model_id}/aliases/{alias}", response_model=AliasPublic)
+def set_alias(
+    model_id: str, alias: str, body: AliasUpdate, registry: RegistryDep, principal: WriterDep
+) -> AliasPublic:
     """Points ``alias`` at a version (creating or moving it); with ``if_version``, only if the
     alias points at that version now (409 ``alias_conflict`` otherwise)."""
-    registry.set_alias(model_id, alias, body.version, if_version=body.if_version)
+    registry.set_alias(
+        model_id, alias, body.version, if_version=body.if_version, actor=_actor(principal)
+    )
     return AliasPublic(model_id=model_id, alias=alias, version=body.version)
 
 
-@router.delete(
-    "/{model_id}/aliases/{alias}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[Depends(require_write)],
-)
-def delete_alias(model_id: str, alias: str, registry: RegistryDep) -> None:
-    registry.delete_alias(model_id, alias)
+@router.delete("/{model_id}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_alias(model_id: str, alias: str, registry: RegistryDep, principal: WriterDep) -> None:
+    registry.delete_alias(model_id, alias, actor=_actor(principal))
 
 
 @router.get(
@@ -63,20 +68,17 @@ def alias_history(
     )
 
 
-@router.post(
-    "/{model_id}/aliases/{alias}/rollback",
-    response_model=AliasPublic,
-    dependencies=[Depends(require_write)],
-)
+@router.post("/{model_id}/aliases/{alias}/rollback", response_model=AliasPublic)
 def rollback_alias(
     model_id: str,
     alias: str,
     registry: RegistryDep,
+    principal: WriterDep,
     body: Annotated[AliasRollback | None, Body()] = None,
 ) -> AliasPublic:
     """Moves the alias back to the version its latest move took it from (409
     ``alias_conflict`` when there is none)."""
     if_version = body.if_version if body is not None else None
-    event = registry.rollback_alias(model_id, alias, if_version=if_version)
+    event = registry.rollback_alias(model_id, alias, if_version=if_version, actor=_actor(principal))
     assert event.to_version is not None  # a rollback always points the alias somewhere
     return AliasPublic(model_id=model_id, alias=alias, version=event.to_version)

@@ -15,13 +15,16 @@ from tests.support.api import RunningApi, launch_api, stop_api
 from tests.support.digits import digits_npz
 from tests.support.uploads import upload, upload_version
 
+TOKEN = "alias-test-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, model_bytes: bytes) -> Iterator[RunningApi]:
     """One server with model ``digits`` at versions 1 and 2 and a dataset (each upload loads
     in the sandbox, which takes seconds: two versions are all the moves below need)."""
-    server = launch_api(None, tmp_path_factory.mktemp("api"))
-    with httpx.Client(base_url=server, timeout=120) as client:
+    server = launch_api({"SPECTRAL_API_TOKEN": TOKEN}, tmp_path_factory.mktemp("api"))
+    with httpx.Client(base_url=server, timeout=120, headers=AUTH) as client:
         assert upload(client, "digits", model_bytes).status_code == 201
         assert upload_version(client, "digits", model_bytes).status_code == 201
         dataset = client.post(
@@ -35,7 +38,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, model_bytes: bytes) -> Iterato
 
 @pytest.fixture
 def client(api: RunningApi) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api, timeout=60) as c:
+    with httpx.Client(base_url=api, timeout=60, headers=AUTH) as c:
         yield c
 
 
@@ -84,7 +87,7 @@ def test_two_concurrent_compare_and_set_puts_one_wins(client: httpx.Client, api:
     answers: list[httpx.Response] = []
 
     def move(version: int) -> None:
-        with httpx.Client(base_url=api, timeout=60) as own:
+        with httpx.Client(base_url=api, timeout=60, headers=AUTH) as own:
             barrier.wait()
             answers.append(_put(own, "race", {"version": version, "if_version": 1}))
 
@@ -131,6 +134,18 @@ def test_history_and_rollback(client: httpx.Client) -> None:
     events = client.get("/models/digits/aliases/rb/history").json()["data"]
     assert set(events[0]) >= {"model_id", "alias", "from_version", "to_version", "at", "job_id"}
     assert events[0]["at"].endswith(("Z", "+00:00"))
+    assert {event["actor"] for event in events} == {"admin"}
+
+
+def test_moves_need_the_token_and_history_does_not(api: RunningApi) -> None:
+    with httpx.Client(base_url=api, timeout=60) as anonymous:
+        assert anonymous.get("/models/digits/aliases/rb/history").status_code == 200
+        for response in (
+            anonymous.put("/models/digits/aliases/rb", json={"version": 1}),
+            anonymous.post("/models/digits/aliases/rb/rollback"),
+            anonymous.delete("/models/digits/aliases/rb"),
+        ):
+            _error(response, 401, "unauthorized")
 
 
 def test_prune_checks_promote_before_queueing(client: httpx.Client, api: RunningApi) -> None:
