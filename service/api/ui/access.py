@@ -108,6 +108,19 @@ def check_same_site(request: Request) -> None:
         raise Forbidden("Cross-site form submissions are refused")
 
 
+def check_form_origin(request: Request, access: UiAccess, csrf_token: str) -> None:
+    """Refuses a form from another site, or one without the session's CSRF token.
+
+    Raises:
+        Forbidden: another site posted it, or its CSRF token is missing or wrong.
+    """
+    check_same_site(request)
+    if access.session is not None and not hmac.compare_digest(
+        csrf_token.encode(), access.csrf_token.encode()
+    ):
+        raise Forbidden("The form's CSRF token is missing or stale: reload the page and retry")
+
+
 def check_write(
     request: Request, access: UiAccess, csrf_token: str, model_id: str | None = None
 ) -> None:
@@ -119,13 +132,10 @@ def check_write(
         ModelNotFound: ``model_id`` is outside the session token's models.
         RateLimited: the principal's write budget is spent.
     """
-    check_same_site(request)
     if access.login_required and not access.logged_in:
+        check_same_site(request)
         raise Unauthorized("Log in with an API token to make changes")
-    if access.session is not None and not hmac.compare_digest(
-        csrf_token.encode(), access.csrf_token.encode()
-    ):
-        raise Forbidden("The form's CSRF token is missing or stale: reload the page and retry")
+    check_form_origin(request, access, csrf_token)
     if model_id is not None and not access.sees(model_id):
         raise model_not_found(model_id)
     if not access.can_write:

@@ -20,7 +20,14 @@ from service.api.deps import BrokerDep, RegistryDep, SettingsDep, model_not_foun
 from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_upload
 from service.api.schemas import DatasetPublic
 from service.api.ui import session as ui_session
-from service.api.ui.access import UiAccess, check_read, check_same_site, check_write, ui_access
+from service.api.ui.access import (
+    UiAccess,
+    check_form_origin,
+    check_read,
+    check_same_site,
+    check_write,
+    ui_access,
+)
 from service.api.ui.pages import model_context, visible_job
 from service.api.ui.rendering import html_errors, render
 from service.errors import (
@@ -126,7 +133,8 @@ def login(
 
 @router.post("/logout")
 def logout(request: Request, csrf_token: CsrfField = "") -> Response:
-    check_write(request, ui_access(request), csrf_token)
+    # Not a write: a read-only session may end itself too.
+    check_form_origin(request, ui_access(request), csrf_token)
     response = _see_other("/ui")
     response.delete_cookie(ui_session.COOKIE_NAME, path="/ui", httponly=True, samesite="strict")
     return response

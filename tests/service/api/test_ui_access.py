@@ -143,6 +143,10 @@ def test_a_read_only_token_reads_but_every_write_is_refused(
     refused = client.post("/ui/models/other/aliases", data=move)
     assert refused.status_code == 403 and "read-only" in refused.text
     assert "staging" not in client.app.state.registry.get_model("other").aliases  # type: ignore[attr-defined]
+    # Logging out is no write: a read-only session may end, with its CSRF token only.
+    assert client.post("/ui/logout").status_code == 403
+    out = client.post("/ui/logout", data={"csrf_token": csrf}, follow_redirects=False)
+    assert out.status_code == 303 and 'spectral_ui_session=""' in out.headers["set-cookie"]
 
 
 def test_logins_with_a_wrong_token_and_redirects_off_site_are_refused(
