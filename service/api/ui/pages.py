@@ -7,7 +7,7 @@ the app's `Predictor`) and renders the result; nothing here writes.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -27,7 +27,7 @@ from service.registry import Registry
 
 router = APIRouter(prefix="/ui", include_in_schema=False, route_class=html_errors())
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 
 
 def visible_job(session: Session, access: UiAccess, job_id: str) -> Job:
