@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 REQUEST_FILE = "request.json"
+REPLY_FILE = "reply.json"
+LOG_FILE = "stderr.log"
 SANDBOX_BACKEND = "numpy"
 # TensorFlow/JAX libraries and Python's imports keep ~100 files open at once; 256 leaves room
 # for the model's own files and nothing more.
@@ -97,20 +99,25 @@ def load_in_sandbox(data: bytes, request: SandboxRequest, wall_s: float) -> dict
         (work_dir / MODEL_FILE).write_bytes(data)
         (work_dir / REQUEST_FILE).write_text(json.dumps(asdict(request)))
         started = time.monotonic()
-        with open(work_dir / "stderr.log", "wb") as stderr:
+        # Both streams go to files in the sandbox directory (bounded by the child's file-size
+        # limit) and are read back in bounded amounts: a misbehaving child cannot flood this
+        # process through a pipe.
+        with (
+            open(work_dir / REPLY_FILE, "wb") as reply_out,
+            open(work_dir / LOG_FILE, "wb") as log_out,
+        ):
             process = subprocess.Popen(
                 [sys.executable, "-m", "service.model_sandbox", str(work_dir)],
                 cwd=work_dir,
                 env=sandbox_env(work_dir),
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
+                stdout=reply_out,
+                stderr=log_out,
                 start_new_session=True,
             )
             try:
-                out, _ = process.communicate(timeout=wall_s)
+                process.wait(timeout=wall_s)
             except subprocess.TimeoutExpired:
-                _kill_group(process)
                 raise ArtifactLimitExceeded(
                     f"Loading the model took longer than {wall_s:g} s (SPECTRAL_SANDBOX_WALL_S); "
                     "refused"
@@ -118,7 +125,8 @@ def load_in_sandbox(data: bytes, request: SandboxRequest, wall_s: float) -> dict
             finally:
                 _kill_group(process)
         elapsed = time.monotonic() - started
-        log_tail = (work_dir / "stderr.log").read_bytes()[-4000:].decode(errors="replace")
+        out = _read_head(work_dir / REPLY_FILE, _MAX_REPLY_BYTES + 1)
+        log_tail = _read_tail(work_dir / LOG_FILE, 4000).decode(errors="replace")
     logger.info("sandboxed model load: exit %s in %.2f s", process.returncode, elapsed)
     reply = _parse_reply(out)
     if reply is None:
@@ -178,6 +186,17 @@ def _well_formed(metadata: dict[str, Any]) -> bool:
             for item in layers
         )
     )
+
+
+def _read_head(path: Path, size: int) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(size)
+
+
+def _read_tail(path: Path, size: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(max(0, handle.seek(0, os.SEEK_END) - size))
+        return handle.read(size)
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
