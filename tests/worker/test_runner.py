@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import update
 
 import spectral
 from service.datasets import create_dataset, dataset_store
@@ -272,3 +273,41 @@ def test_pretrain_job_takes_the_compression_options_and_records_them(
     assert report["distill"] is True and report["temperature"] == 3.0
     assert report["steps"] == 2
     assert [v.version for v in registry.get_model("digits").versions] == [1, 2]
+
+
+def test_promotion_gate_moves_the_alias_once_even_when_the_job_is_retried(
+    env: tuple[Settings, Registry],
+) -> None:
+    settings, registry = env
+    dataset = _dataset(settings, registry, digits_npz(n=300))
+    registry.set_alias("digits", "production", 1)
+    promote = {"alias": "production", "max_drop_percent": 100, "metric": "loss"}
+    job_id = _submit(
+        settings, registry, method="percentile", percentile=30, dataset_id=dataset, promote=promote
+    )
+    execute_job(job_id, settings)
+    job = _job(registry, job_id)
+    assert job.status == "succeeded", job.error
+    assert job.report is not None
+    first = job.report["promotion"]
+    assert first["promoted"] and first["metric"] == "loss", first
+    # The report compared accuracy, so the gate evaluated both stored versions itself.
+    assert first["metric_before"] != job.report["metric_before"]
+    assert registry.alias_version("digits", "production") == 2
+    assert registry.resolve("digits", 2).report == job.report
+
+    # The worker is lost after storing the version; the job runs again. It gets its version back,
+    # reports the decision that counted, and does not move the alias someone has moved since.
+    registry.set_alias("digits", "production", 1)
+    with registry.database.session() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(status="queued", result_version=None)
+        )
+    execute_job(job_id, settings)
+    job = _job(registry, job_id)
+    assert job.status == "succeeded" and job.result_version == 2 and job.attempts == 2
+    assert job.report is not None and job.report["promotion"] == first
+    assert registry.alias_version("digits", "production") == 1
+    assert registry.get_model("digits").latest_version == 2
+    reasons = [e.reason for e in registry.alias_history("digits", "production")]
+    assert reasons == ["set", "promotion", "set"]
