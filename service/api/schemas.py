@@ -153,16 +153,8 @@ class AliasEventPublic(BaseModel):
 
     @classmethod
     def from_record(cls, event: AliasEvent) -> AliasEventPublic:
-        return cls(
-            model_id=event.model_id,
-            alias=event.alias,
-            from_version=event.from_version,
-            to_version=event.to_version,
-            at=event.at,
-            job_id=event.job_id,
-            reason=event.reason,  # type: ignore[arg-type]
-            actor=event.actor,
-        )
+        # The record's fields are these fields, by name.
+        return cls.model_validate(event, from_attributes=True)
 
 
 class AliasHistoryPublic(BaseModel):
