@@ -201,8 +201,9 @@ class Registry:
                             job_id=job_id,
                         )
             except (IntegrityError, _AliasRaced):
-                # Either the same job won the race (return its version) or another upload took
-                # this version number (try the next one).
+                # Either the same job won the race (return its version), or another upload took
+                # this version number, or another move of the promoted alias came in between
+                # (try again: the version and its promotion are one transaction).
                 if job_id is not None:
                     existing = self._by_job_id(job_id)
                     if existing is not None:
