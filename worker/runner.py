@@ -104,21 +104,15 @@ def run_job(claim: state.Claim, settings: Settings) -> tuple[int, dict[str, Any]
     }
 
     promote = claim.params.promote
+    promote_alias = None
     if promote is not None:
         progress.step(0.93, f"promotion gate: {promote.metric} before and after")
         decision = promotion_gate(promote, claim.params, inputs, registry, report, data)
         report["promotion"] = decision.to_dict()
+        promote_alias = promote.alias if decision.promoted else None
 
     progress.step(0.95, "storing the new version")
-    record = save(
-        claim,
-        registry,
-        inputs.record,
-        data,
-        result,
-        report,
-        promote_alias=promote.alias if promote and report["promotion"]["promoted"] else None,
-    )
+    record = save(claim, registry, inputs.record, data, result, report, promote_alias=promote_alias)
     if promote is not None and record.report is not None:
         # A retried job gets the version (and alias move) of its earlier attempt back: the
         # gate that attempt ran is the one that counted.
