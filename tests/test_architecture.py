@@ -5,7 +5,10 @@ inside a function, read from the source with `ast`.
 - `service` never imports `worker`;
 - service's domain (everything but `service.api` and the `service.cli` launcher) imports no
   FastAPI, Starlette or `service.api`;
-- `worker` may import service's domain, never `service.api` or `service.cli`.
+- `worker` may import service's domain, never `service.api` or `service.cli`;
+- `service.client` speaks HTTP to the service: of the project it imports only itself and the wire
+  format (`service.api.schemas`, `service.jobs.params`), so `[client]` installs need no
+  TensorFlow, FastAPI, SQLAlchemy or Celery (tests/service/client checks the run time too).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("spectral", "service", "worker")
 LIBRARY_DEPENDENCIES = {"keras", "numpy", "matplotlib"}
-HTTP_PART = ("service.api", "service.cli")
+HTTP_PART = ("service.api", "service.cli", "service.client")
+WIRE_FORMAT = ("service.api.schemas", "service.jobs.params")
+CLIENT_DEPENDENCIES = {"httpx", "pydantic"}
 
 
 def _module_name(path: Path) -> str:
@@ -109,3 +114,16 @@ def test_service_domain_knows_no_http(forbidden: str) -> None:
 def test_worker_never_imports_the_http_part() -> None:
     bad = _violations("worker", HTTP_PART)
     assert not bad, bad
+
+
+def test_client_imports_only_the_wire_format() -> None:
+    allowed = CLIENT_DEPENDENCIES | set(sys.stdlib_module_names) | {"__future__"}
+    bad = [
+        f"{where} imports {imported}"
+        for module, where, imported in IMPORTS
+        if _within(module, "service.client")
+        and not _within(imported, ("service.client", *WIRE_FORMAT))
+        and imported.split(".")[0] not in allowed
+    ]
+    assert not bad, bad
+    assert any(_within(m, "service.client") for m, _, _ in IMPORTS)
