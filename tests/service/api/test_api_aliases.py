@@ -11,9 +11,13 @@ import httpx
 import pytest
 
 from service.api.schemas import AliasHistoryPublic, AliasPublic, ErrorBody
+from service.artifacts import ArtifactStore
+from service.db import Database
+from service.model_loading import compile_config_from_archive
+from service.registry import Registry
+from service.settings import Settings
 from tests.support.api import RunningApi, launch_api, stop_api
 from tests.support.digits import digits_npz
-from tests.support.uploads import upload, upload_version
 
 TOKEN = "alias-test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -21,12 +25,23 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, model_bytes: bytes) -> Iterator[RunningApi]:
-    """One server with model ``digits`` at versions 1 and 2 and a dataset (each upload loads
-    in the sandbox, which takes seconds: two versions are all the moves below need)."""
+    """One server with model ``digits`` at versions 1 and 2 and a dataset.
+
+    The versions are written into the server's registry directly, without the upload sandbox
+    (seconds per upload, tested with the uploads): alias routes never read an artifact.
+    """
     server = launch_api({"SPECTRAL_API_TOKEN": TOKEN}, tmp_path_factory.mktemp("api"))
+    settings = Settings(data_dir=server.data_dir)
+    compile_config = compile_config_from_archive(model_bytes)
+    registry = Registry(
+        Database(settings),
+        ArtifactStore(settings.artifact_root),
+        inspect=lambda _data: {"compile_config": compile_config},
+    )
+    registry.create_model("digits", model_bytes)
+    registry.add_version("digits", model_bytes)
+    registry.database.dispose()
     with httpx.Client(base_url=server, timeout=120, headers=AUTH) as client:
-        assert upload(client, "digits", model_bytes).status_code == 201
-        assert upload_version(client, "digits", model_bytes).status_code == 201
         dataset = client.post(
             "/datasets", files={"file": ("d.npz", digits_npz(n=64), "application/octet-stream")}
         )
