@@ -64,7 +64,7 @@ def test_prune_jobs_end_to_end(
     job_id = submit_ok(api, {"model_id": name, "method": "percentile", "percentile": 40})
     job = wait_for(api, job_id)
     assert job["status"] == "succeeded", job
-    assert job["result"] == {"model_id": name, "version": 2}
+    assert job["result"] == {"model_id": name, "version": 2, "promotion": None}
     assert job["progress"] == 1.0 and job["attempts"] == 1
     assert job["started_at"] and job["finished_at"]
     expected = spectral.prune_percentile(keras.saving.load_model(digits_model_path), 40)
