@@ -19,7 +19,7 @@ from rich.markup import escape
 
 # Messages, progress and tables for people go to stderr; stdout carries only what a script
 # reads (the --json document, or a pulled file's bytes when asked).
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 stdout = Console(soft_wrap=True)
 
 CLIENT_EXTRA = 'pip install "spectral-pruning[client]"'

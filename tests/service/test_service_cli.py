@@ -242,3 +242,71 @@ def test_plain_install_prunes_and_names_the_extra_for_servers(
         assert refused.returncode == 2, (command, refused.stderr[-3000:])
         assert 'pip install "spectral-pruning[service]"' in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+def _blocked(packages: set[str], *args: str, entry: str = "main") -> subprocess.CompletedProcess:
+    """Runs the CLI's console-script entry (`service.cli:main`) with ``packages`` missing."""
+    code = f"""
+import sys
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {sorted(packages)!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Missing())
+from service.cli import {entry}
+{entry}()
+"""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+    )
+
+
+def test_help_documents_the_client_commands_and_exit_codes() -> None:
+    result = _cli("--help")
+    assert result.returncode == 0, result.stderr
+    for command in (
+        "push",
+        "pull",
+        "report",
+        "jobs",
+        "models",
+        "aliases",
+        "datasets",
+        "quickstart",
+    ):
+        assert command in result.stdout
+    assert "Exit codes: 0 success; 1 the job succeeded but the promotion gate" in " ".join(
+        result.stdout.replace("│", " ").split()
+    )
+    submit = _cli("jobs", "submit", "--help")
+    assert "--promote" in submit.stdout and "--cancel-on-interrupt" in submit.stdout
+    assert "SPECTRAL_URL" in submit.stdout and "SPECTRAL_API_TOKEN" in submit.stdout
+
+
+def test_without_the_cli_packages_spectral_names_the_client_extra() -> None:
+    result = _blocked({"typer", "rich", "click"}, "models", "list")
+    assert result.returncode == 2, result.stderr
+    assert 'pip install "spectral-pruning[client]"' in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_without_the_client_extra_client_commands_name_it() -> None:
+    # typer (and with it pydantic, which typer 0.29 requires) comes with the plain install;
+    # httpx only with [client].
+    for args in (["models", "list"], ["jobs", "show", "x"], ["push", "m.keras", "--name", "m"]):
+        result = _blocked({"httpx"}, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert 'pip install "spectral-pruning[client]"' in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_quickstart_without_scikit_learn_names_what_to_install(tmp_path: Path) -> None:
+    result = _blocked({"sklearn"}, "quickstart", str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert "sklearn" in result.stderr and "scikit-learn" in result.stderr
+    assert not list(tmp_path.iterdir())
