@@ -4,6 +4,9 @@ codes, ``--json`` on stdout with messages on stderr, waiting, Ctrl-C."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -143,3 +146,43 @@ def test_ctrl_c_without_a_terminal_leaves_the_job(api: RunningApi, pushed: str) 
     assert waiting.returncode == 3 and f"spectral jobs cancel {job_id}" in stderr
     assert httpx.get(f"{api}/jobs/{job_id}").json()["status"] == "queued"
     httpx.post(f"{api}/jobs/{job_id}/cancel")
+
+
+def test_on_a_terminal_wait_draws_a_bar_and_ctrl_c_asks_before_cancelling(
+    api: RunningApi, pushed: str
+) -> None:
+    job_id = spectral(api, "jobs", "submit", pushed, "--percentile", "27").stdout.strip()
+    controller, terminal = pty.openpty()
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "jobs", "wait", job_id],
+        cwd=REPO_ROOT,
+        env=child_env({"SPECTRAL_URL": api, "TERM": "xterm"}),
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    seen = b""
+
+    def read_until(marker: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 30
+        while marker not in seen:
+            assert time.monotonic() < deadline, seen[-2000:]
+            if select.select([controller], [], [], 0.5)[0]:
+                seen += os.read(controller, 65536)
+
+    try:
+        read_until(b"queued")
+        read_until("━".encode())  # rich's bar, only on a terminal
+        os.killpg(waiting.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's process group
+        read_until(b"Cancel job")
+        os.write(controller, b"y\n")
+        read_until(b"cancel requested")
+        assert waiting.wait(timeout=30) == 3
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+        os.close(controller)
+    assert httpx.get(f"{api}/jobs/{job_id}").json()["status"] == "cancelled"
