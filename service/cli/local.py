@@ -16,6 +16,8 @@ from rich.markup import escape
 from service.cli.output import console, emit_json
 from service.cli.server import configure_logging
 
+BACKEND_EXTRA = 'pip install "spectral-pruning[tensorflow]" (or jax, with KERAS_BACKEND=jax)'
+
 
 def _read_npz(path: Path, *required: str) -> dict[str, Any]:
     """Arrays of an ``.npz`` file, loaded without pickle; ValueError when one is missing."""
@@ -136,9 +138,17 @@ def prune(
     ] = False,
 ) -> None:
     """Prunes a .keras file locally, without a server (e.g. in a CI step before deploy)."""
-    import keras
+    try:
+        import keras
 
-    import spectral
+        import spectral
+    except ModuleNotFoundError as exc:
+        # Keras imports its backend on first import: a plain install has none.
+        console.print(
+            f"[bold red]error[/]: `spectral prune` needs a Keras backend ({exc.name} is not "
+            f"installed): {escape(BACKEND_EXTRA)}"
+        )
+        raise typer.Exit(code=2) from exc
 
     configure_logging()
     try:

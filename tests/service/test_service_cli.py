@@ -310,3 +310,19 @@ def test_quickstart_without_scikit_learn_names_what_to_install(tmp_path: Path) -
     assert result.returncode == 2, result.stderr
     assert "sklearn" in result.stderr and "scikit-learn" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_prune_without_a_keras_backend_names_the_extra(
+    tmp_path: Path, digits_model_path: Path
+) -> None:
+    result = _blocked(
+        {"tensorflow"},
+        "prune",
+        str(digits_model_path),
+        str(tmp_path / "o.keras"),
+        "--percentile",
+        "40",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert 'pip install "spectral-pruning[tensorflow]"' in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "o.keras").exists()
