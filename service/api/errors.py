@@ -10,7 +10,9 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.errors import PayloadTooLarge, RateLimited, SpectralError
 
@@ -47,11 +49,26 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """Every method of every route at this path: the router's own 405 names only the first
+    route it matched (e.g. ``POST`` for ``/models``, which also answers ``GET``)."""
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.routes):
+        if isinstance(context.original_route, APIRoute):
+            match, _ = context.matches(request.scope)
+            if match != Match.NONE:
+                methods |= set(context.methods or ())
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers["Allow"] = allowed
     return JSONResponse(
-        _body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        _body(code, str(exc.detail)), status_code=exc.status_code, headers=headers or None
     )
 
 

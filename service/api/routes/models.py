@@ -20,6 +20,7 @@ from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_upload
 from service.api.params import VersionPath
 from service.api.schemas import ModelPublic, ModelsPublic, VersionPublic, VersionsPublic
 from service.errors import Forbidden, ReportNotFound, UnsupportedMediaType
+from service.registry import SLUG
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,14 @@ def create_model(
     principal: WriterDep,
     response: Response,
     file: Annotated[UploadFile, File(description="A .keras model file.")],
-    name: Annotated[str, Form(description="The model's id: a lowercase slug.")],
+    name: Annotated[
+        str,
+        Form(
+            description="The model's id: a lowercase slug (letters, digits, '-', '_').",
+            pattern=SLUG.pattern,
+            max_length=100,
+        ),
+    ],
 ) -> VersionPublic:
     """Registers a new model; the upload becomes version 1."""
     if not principal.sees(name):
