@@ -123,10 +123,15 @@ class Client:
         exists = self._exists(f"/models/{name}")
         with path.open("rb") as file:
             files = {"file": (path.name, file, "application/octet-stream")}
-            if exists:
-                response = self._request("POST", f"/models/{name}/versions", files=files)
-            else:
-                response = self._request("POST", "/models", files=files, data={"name": name})
+            try:
+                if not exists:
+                    response = self._request("POST", "/models", files=files, data={"name": name})
+                    return VersionPublic.model_validate(response.json())
+            except ApiError as error:
+                # Another pipeline created it between the two requests: this is its next version.
+                if error.code != "model_exists":
+                    raise
+            response = self._request("POST", f"/models/{name}/versions", files=files)
         return VersionPublic.model_validate(response.json())
 
     def resolve(self, name: str, *, version: int | None = None, alias: str | None = None) -> int:

@@ -206,3 +206,20 @@ def test_retries_are_bounded(flaky: tuple[str, type[_Flaky]]) -> None:
             client.models()
     assert down.value.attempts == 3 and down.value.exit_code == 4
     assert 0.3 <= time.monotonic() - started < 5  # backed off 0.1 + 0.2 s
+
+
+def test_two_pushes_of_a_new_name_make_versions_1_and_2(
+    client: Client, digits_model_path: Path
+) -> None:
+    versions: list[int] = []
+
+    def push() -> None:
+        with Client(client.url, retries=0) as own:
+            versions.append(own.push_model(digits_model_path, name="raced").version)
+
+    threads = [threading.Thread(target=push) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(versions) == [1, 2]
