@@ -14,6 +14,7 @@ from service.api.guard import RequestGuard
 from service.api.openapi import install_openapi
 from service.api.routes import aliases, datasets, jobs, models, ops, predict
 from service.api.routes.docs import install_docs
+from service.api.ui import install_ui
 from service.db import Database, upgrade_database
 from service.inference import ModelCache, Predictor
 from service.metrics import ServiceMetrics
@@ -95,4 +96,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     install_docs(app)
     install_openapi(app)
+    install_ui(app)
     return app
