@@ -193,6 +193,26 @@ def test_one_zygote_forks_every_load_and_keeps_nothing_of_them(model_bytes: byte
     assert warm_s < 3
 
 
+def test_concurrent_loads_share_the_zygote_one_at_a_time(model_bytes: bytes) -> None:
+    # As uvicorn's thread pool calls it: each load gets its own child and its own answer.
+    from concurrent.futures import ThreadPoolExecutor
+
+    valid = load_in_sandbox(model_bytes, _request(), wall_s=120)
+    small = _request(max_params=2000)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [
+            pool.submit(load_in_sandbox, model_bytes, small if i % 2 else _request(), 120)
+            for i in range(8)
+        ]
+    for i, future in enumerate(futures):
+        if i % 2:
+            with pytest.raises(ArtifactRejected, match="the limit is 2000"):
+                future.result()
+        else:
+            assert future.result() == valid
+    assert len(_zygotes()) == 1
+
+
 def test_a_hostile_load_changes_only_its_own_child(model_bytes: bytes, tmp_path: Path) -> None:
     # Straight to the sandbox, past the parent's policy checks, so each reaches Keras in the
     # child: a backend switch, a floatx switch, unsafe deserialization switched on, and a
