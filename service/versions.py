@@ -22,6 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, UtcDateTime
+from service.jobs.params import MAX_VERSION  # noqa: F401  (re-exported: the bound of its columns)
 
 
 class ModelRow(Base):
@@ -29,11 +30,6 @@ class ModelRow(Base):
 
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
-
-
-# The largest version number the `version` columns hold on every supported database
-# (PostgreSQL's INTEGER is 32-bit).
-MAX_VERSION = 2**31 - 1
 
 
 class VersionRow(Base):

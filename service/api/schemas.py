@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.jobs.params import JobStatus, Method
+from service.jobs.params import MAX_VERSION, JobStatus, Method
 
 if TYPE_CHECKING:
     # Only the converters' signatures name the tables: at run time this module needs pydantic
@@ -111,10 +111,13 @@ class ModelsPublic(BaseModel):
 class AliasUpdate(BaseModel):
     """Body of ``PUT /models/{id}/aliases/{alias}``."""
 
-    version: int = Field(ge=1, description="The version the alias points at afterwards.")
+    version: int = Field(
+        ge=1, le=MAX_VERSION, description="The version the alias points at afterwards."
+    )
     if_version: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_VERSION,
         description="Compare-and-set: move the alias only if it points at this version now "
         "(409 alias_conflict with details.current_version otherwise). Null: move it regardless.",
     )
@@ -126,6 +129,7 @@ class AliasRollback(BaseModel):
     if_version: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_VERSION,
         description="Roll back only if the alias points at this version now (409 otherwise).",
     )
 

@@ -18,6 +18,9 @@ from service.model_loading import COMPILE_KEYS
 
 Method = Literal["percentile", "metric", "pretrain"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# Versions are PostgreSQL INTEGERs; the wire format states the bound so no larger number reaches
+# the database.
+MAX_VERSION = 2**31 - 1
 Scope = Literal["global", "layer"]
 Reconstruct = Literal["least_squares", "mean"]
 _COMPILE_EXAMPLE = (
@@ -88,7 +91,7 @@ class PruneParams(BaseModel):
         description='Percentile scope: one cutoff over all layers ("global") or one per layer '
         '("layer"). Default: "layer" for pretrain, "global" otherwise.',
     )
-    min_units: int = Field(default=1, ge=1, description="Fewest nodes a layer keeps.")
+    min_units: int = Field(default=1, ge=1, le=1_000_000, description="Fewest nodes a layer keeps.")
     dataset_id: str | None = Field(
         default=None,
         description="Dataset from POST /datasets: required for metric and pretrain; for "
@@ -236,7 +239,9 @@ class PruneRequest(PruneParams):
     """Body of ``POST /prune``: the model version to prune, and how."""
 
     model_id: str = Field(min_length=1, description="Model to prune.")
-    version: int | None = Field(default=None, ge=1, description="Version; default the latest.")
+    version: int | None = Field(
+        default=None, ge=1, le=MAX_VERSION, description="Version; default the latest."
+    )
     alias: str | None = Field(default=None, description="Alias to resolve instead of a version.")
 
     @model_validator(mode="after")
