@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from service.artifacts import ArtifactStore
-from service.db import Base, UtcDateTime, utcnow
+from service.db import Base, Database, UtcDateTime, utcnow
 from service.errors import DatasetNotFound, DatasetRejected, PayloadTooLarge
 from service.settings import Settings
 
@@ -143,6 +143,21 @@ def create_dataset(
         return found, False
     logger.info("stored dataset %s x=%s y=%s", dataset_id, row.x_shape, row.y_shape)
     return row, True
+
+
+def store_upload(
+    database: Database, settings: Settings, data: bytes, filename: str | None
+) -> tuple[Dataset, bool]:
+    """`create_dataset` in its own transaction, with the server's store and size limit: what
+    an upload (JSON route or web form) does; returns the dataset and whether it is new."""
+    with database.session() as session:
+        return create_dataset(
+            session,
+            dataset_store(settings),
+            data,
+            max_bytes=settings.max_dataset_bytes,
+            filename=filename,
+        )
 
 
 def get_dataset(session: Session, dataset_id: str) -> Dataset:

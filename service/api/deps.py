@@ -9,10 +9,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 from service.api.broker import JobBroker
-from service.errors import Forbidden, ModelNotFound, Unauthorized
+from service.errors import Forbidden, JobNotFound, ModelNotFound, Unauthorized
 from service.inference import ModelCache, Predictor
+from service.jobs import table
+from service.jobs.table import Job
 from service.metrics import ServiceMetrics
 from service.ratelimit import RateLimiter
 from service.registry import Registry
@@ -61,7 +64,9 @@ BrokerDep = Annotated[JobBroker, Depends(app_broker)]
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def _auth_configured(settings: Settings, tokens: TokenTable) -> bool:
+def auth_configured(settings: Settings, tokens: TokenTable) -> bool:
+    """Whether writes (and, with protect_reads, reads) need a token; the web UI asks for a
+    login on the same condition."""
     return settings.api_token is not None or len(tokens) > 0
 
 
@@ -74,14 +79,32 @@ def identify(request: Request) -> Principal:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given:
         return Principal("anonymous", client=client)
+    principal = principal_for_token(settings, tokens, given)
+    return principal if principal is not None else Principal("anonymous", client=client)
+
+
+def principal_for_token(settings: Settings, tokens: TokenTable, token: str) -> Principal | None:
+    """Whom ``token`` names: the admin, a scoped token, or None (unknown); a bearer header and
+    the web UI's login form are checked alike.
+
+    The admin token is compared in constant time, then every token-file entry in constant time
+    (`TokenTable.find`).
+    """
     if settings.api_token is not None and secrets.compare_digest(
-        given.encode(), settings.api_token.get_secret_value().encode()
+        token.encode(), settings.api_token.get_secret_value().encode()
     ):
         return ADMIN
-    entry = tokens.find(given)
-    if entry is not None:
-        return Principal("scoped", token=entry)
-    return Principal("anonymous", client=client)
+    entry = tokens.find(token)
+    return Principal("scoped", token=entry) if entry is not None else None
+
+
+def visible_job(session: Session, principal: Principal, job_id: str) -> Job:
+    """The job, or `JobNotFound` (what `table.get_job` answers for an unknown id) when its
+    model is outside the principal's scope: the job's existence stays hidden."""
+    job = table.get_job(session, job_id)
+    if not principal.sees(job.model_id):
+        raise JobNotFound(f"No job with id {job_id!r}")
+    return job
 
 
 def model_not_found(model_id: str) -> ModelNotFound:
@@ -100,7 +123,7 @@ def authorize(request: Request, access: Access | Literal["metrics"]) -> Principa
     tokens: TokenTable = request.app.state.tokens
     principal = identify(request)
     has_token = "authorization" in request.headers
-    needs_token = _auth_configured(settings, tokens) and (
+    needs_token = auth_configured(settings, tokens) and (
         access == "write" or settings.protect_reads
     )
     if needs_token and principal.kind == "anonymous":

@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
-from service.errors import InvalidJSON, PayloadTooLarge
+from service.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType
 from service.settings import Settings
 
 # Room for the multipart boundaries and the form's other fields around the file itself.
@@ -81,6 +81,21 @@ def read_upload(upload: UploadFile, limit: int) -> bytes:
             raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def read_model_upload(upload: UploadFile, settings: Settings) -> bytes:
+    """An uploaded model's bytes, after checking its name (``.keras``) and its size against
+    ``max_upload_bytes``; the JSON routes and the web UI's upload form both read models so."""
+    name = upload.filename
+    if name and not name.lower().endswith(".keras"):
+        message = f"Expected a .keras file, got {name!r}"
+        if name.lower().endswith((".h5", ".hdf5")):
+            message += (
+                "; legacy HDF5 (.h5) models are not accepted;"
+                " re-save with model.save('model.keras')"
+            )
+        raise UnsupportedMediaType(message, details={"filename": name})
+    return read_upload(upload, settings.max_upload_bytes)
 
 
 # -- JSON limits ------------------------------------------------------------------------------

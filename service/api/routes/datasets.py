@@ -27,14 +27,7 @@ def upload_dataset(
 ) -> DatasetPublic:
     """Stores the dataset (201), or answers 200 with the existing one for the same bytes."""
     data = read_upload(file, settings.max_dataset_bytes)
-    with registry.database.session() as session:
-        dataset, created = datasets.create_dataset(
-            session,
-            datasets.dataset_store(settings),
-            data,
-            max_bytes=settings.max_dataset_bytes,
-            filename=file.filename,
-        )
+    dataset, created = datasets.store_upload(registry.database, settings, data, file.filename)
     if not created:
         response.status_code = 200
     response.headers["Location"] = f"/datasets/{dataset.id}"

@@ -20,10 +20,10 @@ from service.api.deps import (
     model_not_found,
     require_read,
     require_write,
+    visible_job,
 )
 from service.api.params import LimitQuery, OffsetQuery
 from service.api.schemas import JobAccepted, JobPublic, JobsPublic
-from service.errors import JobNotFound
 from service.jobs import state, submission, table
 from service.jobs.params import JobStatus, PruneRequest
 from service.jobs.table import Job
@@ -103,18 +103,10 @@ def _visible_jobs(
     return visible[offset : offset + limit]
 
 
-def _visible_job(session: Session, principal: Principal, job_id: str) -> Job:
-    job = table.get_job(session, job_id)
-    if not principal.sees(job.model_id):
-        # What table.get_job answers for an unknown id: the job's existence stays hidden.
-        raise JobNotFound(f"No job with id {job_id!r}")
-    return job
-
-
 @router.get("/jobs/{job_id}", response_model=JobPublic, dependencies=[Depends(require_read)])
 def read_job(job_id: str, registry: RegistryDep, principal: ReaderDep) -> JobPublic:
     with registry.database.session() as session:
-        return JobPublic.from_row(_visible_job(session, principal, job_id))
+        return JobPublic.from_row(visible_job(session, principal, job_id))
 
 
 @router.post(
@@ -123,5 +115,5 @@ def read_job(job_id: str, registry: RegistryDep, principal: ReaderDep) -> JobPub
 def cancel_job(job_id: str, registry: RegistryDep, principal: WriterDep) -> JobPublic:
     """A queued job never starts; a running one stops at its next step."""
     with registry.database.session() as session:
-        _visible_job(session, principal, job_id)
+        visible_job(session, principal, job_id)
         return JobPublic.from_row(state.request_cancel(session, job_id))

@@ -16,12 +16,11 @@ from service.api.deps import (
     require_read,
     require_write,
 )
-from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_upload
+from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_model_upload
 from service.api.params import VersionPath
 from service.api.schemas import ModelPublic, ModelsPublic, VersionPublic, VersionsPublic
-from service.errors import Forbidden, ReportNotFound, UnsupportedMediaType
+from service.errors import Forbidden, ReportNotFound
 from service.registry import SLUG
-from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +32,6 @@ router = APIRouter(
 
 ReadAuth = [Depends(require_read)]
 WriteAuth = [Depends(require_write)]
-
-
-def _upload_bytes(file: UploadFile, settings: Settings) -> bytes:
-    """The uploaded file's bytes, after checking its name and its size against the limit."""
-    if file.filename and not file.filename.lower().endswith(".keras"):
-        raise UnsupportedMediaType(
-            f"Expected a .keras file, got {file.filename!r}",
-            details={"filename": file.filename},
-        )
-    return read_upload(file, settings.max_upload_bytes)
 
 
 @router.post(
@@ -67,7 +56,7 @@ def create_model(
     if not principal.sees(name):
         # 403 whether or not the name is taken, so the answer tells nothing about other models.
         raise Forbidden("This token may not create a model with this name")
-    record = registry.create_model(name, _upload_bytes(file, settings))
+    record = registry.create_model(name, read_model_upload(file, settings))
     response.headers["Location"] = f"/models/{record.model_id}/versions/{record.version}"
     return VersionPublic.from_record(record)
 
@@ -99,7 +88,7 @@ def add_version(
     file: Annotated[UploadFile, File(description="A .keras model file.")],
 ) -> VersionPublic:
     """Uploads the next version of a model."""
-    record = registry.add_version(model_id, _upload_bytes(file, settings))
+    record = registry.add_version(model_id, read_model_upload(file, settings))
     response.headers["Location"] = f"/models/{record.model_id}/versions/{record.version}"
     return VersionPublic.from_record(record)
 

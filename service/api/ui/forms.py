@@ -16,8 +16,15 @@ from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 
 from service import datasets
-from service.api.deps import BrokerDep, RegistryDep, SettingsDep, model_not_found
-from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_upload
+from service.api.deps import (
+    BrokerDep,
+    RegistryDep,
+    SettingsDep,
+    model_not_found,
+    principal_for_token,
+    visible_job,
+)
+from service.api.limits import MULTIPART_OVERHEAD, body_limit, read_model_upload, read_upload
 from service.api.schemas import DatasetPublic
 from service.api.ui import session as ui_session
 from service.api.ui.access import (
@@ -28,7 +35,7 @@ from service.api.ui.access import (
     check_write,
     ui_access,
 )
-from service.api.ui.pages import model_context, visible_job
+from service.api.ui.pages import model_context
 from service.api.ui.rendering import html_errors, render
 from service.errors import (
     AliasConflict,
@@ -41,13 +48,11 @@ from service.errors import (
     ModelExists,
     ModelNotFound,
     SpectralError,
-    UnsupportedMediaType,
     VersionNotFound,
 )
 from service.jobs import state, submission
 from service.jobs.params import PruneRequest
 from service.registry import Registry
-from service.settings import Settings
 from service.tokens import TokenTable
 
 router = APIRouter(prefix="/ui", include_in_schema=False, route_class=html_errors())
@@ -105,7 +110,7 @@ def login(
     check_same_site(request)
     tokens: TokenTable = request.app.state.tokens
     key = ui_session.session_key(settings, tokens)
-    principal = ui_session.principal_for_token(settings, tokens, token)
+    principal = principal_for_token(settings, tokens, token)
     if key is None or principal is None:
         message = (
             "This server has no API token configured: there is nothing to log in to"
@@ -143,12 +148,6 @@ def logout(request: Request, csrf_token: CsrfField = "") -> Response:
 # -- models and versions --------------------------------------------------------------------
 
 
-def _model_bytes(file: UploadFile, settings: Settings) -> bytes:
-    if file.filename and not file.filename.lower().endswith(".keras"):
-        raise UnsupportedMediaType(f"Expected a .keras file, got {file.filename!r}")
-    return read_upload(file, settings.max_upload_bytes)
-
-
 @router.get("/upload")
 def upload_page(request: Request, registry: RegistryDep, model_id: str = "") -> Response:
     check_read(ui_access(request))
@@ -176,7 +175,7 @@ def upload_model(
         if not access.sees(name):
             # What the JSON API answers, whether or not the name is taken.
             raise Forbidden("This token may not create a model with this name")
-        data = _model_bytes(file, settings)
+        data = read_model_upload(file, settings)
         if kind == "version":
             record = registry.add_version(name, data)
         else:
@@ -297,15 +296,8 @@ def upload_dataset(
     check_write(request, ui_access(request), csrf_token)
     try:
         data = read_upload(file, settings.max_dataset_bytes)
-        with registry.database.session() as session:
-            row, created = datasets.create_dataset(
-                session,
-                datasets.dataset_store(settings),
-                data,
-                max_bytes=settings.max_dataset_bytes,
-                filename=file.filename,
-            )
-            dataset = DatasetPublic.from_row(row)
+        row, created = datasets.store_upload(registry.database, settings, data, file.filename)
+        dataset = DatasetPublic.from_row(row)
     except SpectralError as exc:
         return render(
             request,
@@ -449,7 +441,7 @@ def cancel_job(
 ) -> Response:
     access = ui_access(request)
     with registry.database.session() as session:
-        job = visible_job(session, access, job_id)
+        job = visible_job(session, access.principal, job_id)
         check_write(request, access, csrf_token, model_id=job.model_id)
         state.request_cancel(session, job_id)
     return _see_other(f"/ui/jobs/{job_id}")

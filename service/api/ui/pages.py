@@ -11,31 +11,21 @@ from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy.orm import Session
 
-from service.api.deps import PredictorDep, RegistryDep, SettingsDep
+from service.api.deps import PredictorDep, RegistryDep, SettingsDep, visible_job
 from service.api.limits import load_json_limited
 from service.api.schemas import JobPublic, VersionPublic
 from service.api.ui import plots, views
-from service.api.ui.access import UiAccess, check_read, count_prediction, ui_access
+from service.api.ui.access import check_read, count_prediction, ui_access
 from service.api.ui.rendering import html_errors, render
-from service.errors import JobNotFound, SpectralError
+from service.errors import SpectralError
 from service.jobs import table
 from service.jobs.params import JobStatus
-from service.jobs.table import Job
 from service.registry import Registry
 
 router = APIRouter(prefix="/ui", include_in_schema=False, route_class=html_errors())
 
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
-
-
-def visible_job(session: Session, access: UiAccess, job_id: str) -> Job:
-    """The job, or `JobNotFound` (what an unknown id answers) when its model is hidden."""
-    job = table.get_job(session, job_id)
-    if not access.sees(job.model_id):
-        raise JobNotFound(f"No job with id {job_id!r}")
-    return job
 
 
 def status_filter(value: str) -> JobStatus | None:
@@ -207,7 +197,7 @@ def jobs_progress(
     with registry.database.session() as session:
         for one in job_id:
             try:
-                job = JobPublic.from_row(visible_job(session, access, one))
+                job = JobPublic.from_row(visible_job(session, access.principal, one))
             except SpectralError:
                 continue
             found.append(
@@ -228,5 +218,5 @@ def job_page(request: Request, job_id: str, registry: RegistryDep) -> Response:
     access = ui_access(request)
     check_read(access)
     with registry.database.session() as session:
-        job = JobPublic.from_row(visible_job(session, access, job_id))
+        job = JobPublic.from_row(visible_job(session, access.principal, job_id))
     return render(request, "job.html", {"job": job})

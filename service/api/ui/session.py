@@ -23,17 +23,13 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from service.api.deps import auth_configured
 from service.settings import Settings
 from service.tokens import ADMIN, Principal, TokenTable
 
 COOKIE_NAME = "spectral_ui_session"
 SESSION_TTL_S = 12 * 3600
 _KEY_LABEL = b"spectral-ui-session-v1"
-
-
-def auth_configured(settings: Settings, tokens: TokenTable) -> bool:
-    """Whether writes (and, with protect_reads, reads) need a token: as the JSON API decides."""
-    return settings.api_token is not None or len(tokens) > 0
 
 
 def session_key(settings: Settings, tokens: TokenTable) -> bytes | None:
@@ -47,20 +43,6 @@ def session_key(settings: Settings, tokens: TokenTable) -> bytes | None:
         described = [entry.name, entry.sha256, entry.access, *entry.models]
         digest.update(json.dumps(described).encode() + b"\0")
     return digest.digest()
-
-
-def principal_for_token(settings: Settings, tokens: TokenTable, token: str) -> Principal | None:
-    """Whom ``token`` names: the admin, a scoped token, or None (unknown).
-
-    The same comparison as `service.api.deps.identify` makes for a bearer header: the admin
-    token in constant time, then every token-file entry in constant time.
-    """
-    if settings.api_token is not None and hmac.compare_digest(
-        token.encode(), settings.api_token.get_secret_value().encode()
-    ):
-        return ADMIN
-    entry = tokens.find(token)
-    return Principal("scoped", token=entry) if entry is not None else None
 
 
 @dataclass(frozen=True)
