@@ -220,6 +220,7 @@ class _Zygote:
     def __init__(self) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="spectral-zygote-"))
         self._buffer = b""
+        self.in_doubt = False
         try:
             with open(self.home / LOG_FILE, "wb") as log:
                 self.process = subprocess.Popen(
@@ -245,13 +246,17 @@ class _Zygote:
             ZygoteFailed: the zygote did not answer in time or as the protocol says; the child
                 it may have started is killed.
         """
+        # Until the answer arrives the pipe holds half a conversation: a zygote left so by an
+        # exception (an interrupt, say) is not lent again.
+        self.in_doubt = True
         self._send({"work_dir": str(work_dir), "wall_s": wall_s})
         child = self._receive("pid", _ZYGOTE_MARGIN_S)["pid"]
         try:
             answer = self._receive("returncode", wall_s + _ZYGOTE_MARGIN_S)
-        except ZygoteFailed:
+        except BaseException:
             _kill_group(child)
             raise
+        self.in_doubt = False
         return None if answer.get("timed_out") else answer["returncode"]
 
     def close(self) -> None:
@@ -346,6 +351,9 @@ class _ZygotePool:
             raise
 
     def release(self, zygote: _Zygote) -> None:
+        if zygote.in_doubt:
+            self.discard(zygote)
+            return
         with self._ready:
             self._idle.append(zygote)
             self._ready.notify()
