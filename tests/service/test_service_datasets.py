@@ -97,3 +97,10 @@ def test_dataset_routes(tmp_path: Path) -> None:
         assert (expands.status_code, expands.json()["error"]["code"]) == (413, "payload_too_large")
         assert "expand to" in expands.json()["error"]["message"]
         assert sorted(datasets.dataset_store(settings).root.rglob("*")) == stored
+        # The web form stores through the same function: same id, same limits, nothing new.
+        form = client.post("/ui/datasets", files={"file": ("d.npz", small)})
+        assert form.status_code == 200, form.text
+        assert f'Already stored: dataset <code id="dataset-id">{body["id"]}</code>' in form.text
+        form_bomb = client.post("/ui/datasets", files={"file": ("d.npz", bomb.getvalue())})
+        assert form_bomb.status_code == 413 and "expand to" in form_bomb.text
+        assert sorted(datasets.dataset_store(settings).root.rglob("*")) == stored

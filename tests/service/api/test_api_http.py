@@ -189,12 +189,16 @@ def test_bad_uploads_are_rejected_and_leave_nothing(
         (lambda_model_bytes(tmp_path), "model.keras", 400, "Lambda"),
         (b"this is not a zip file", "model.keras", 400, "not a zip"),
         (model_bytes[: len(model_bytes) // 2], "model.keras", 400, "archive"),
-        (model_bytes, "model.h5", 415, ".keras"),
+        (model_bytes, "model.h5", 415, "re-save with model.save('model.keras')"),
+        (model_bytes, "MODEL.H5", 415, "legacy HDF5 (.h5) models are not accepted"),
+        (model_bytes, "model.bin", 415, "Expected a .keras file, got 'model.bin'"),
     ]
     for data, filename, status, message in cases:
         response = upload(client, "bad-upload", data, filename)
         assert response.status_code == status, response.text
         assert message in _error(response)["message"]
+        # Only a legacy HDF5 name is told how to re-save: anything else just is not .keras.
+        assert ("HDF5" in _error(response)["message"]) == filename.lower().endswith(".h5")
     assert upload(client, "Bad Name", model_bytes).status_code == 422
     assert client.get("/models/bad-upload").status_code == 404
     assert artifact_files(api.data_dir) == before_files
@@ -358,8 +362,8 @@ HUGE_NUMBERS = [2**31, 2**63, 10**30]
 def test_huge_numbers_are_refused_not_500(
     client: httpx.Client, model_bytes: bytes, number: int
 ) -> None:
-    """Path versions past the schema's bound are 422; body integers reach the registry's own
-    bound (404) or, past 64 bits, the JSON guard (400): never an overflow in SQL."""
+    """Versions past the schema's bound are 422, in the path and in JSON bodies alike; past
+    64 bits a body integer meets the JSON guard first (400): never an overflow in SQL."""
     assert upload(client, "huge-numbers", model_bytes).status_code in (201, 409)
     for path in (
         f"/models/huge-numbers/versions/{number}",
@@ -371,15 +375,13 @@ def test_huge_numbers_are_refused_not_500(
         assert response.status_code == 422, (path, response.text)
         assert _error(response)["code"] == "invalid_request", path
         assert "less than or equal to 2147483647" in _error(response)["message"]
-    body_status, body_code = (404, None) if number < 2**63 else (400, "invalid_json")
+    body_status, body_code = (422, "invalid_request") if number < 2**63 else (400, "invalid_json")
     moved = client.put("/models/huge-numbers/aliases/production", json={"version": number})
-    assert moved.status_code == body_status, moved.text
+    assert (moved.status_code, _error(moved)["code"]) == (body_status, body_code), moved.text
     job = client.post(
         "/prune", json={"model_id": "huge-numbers", "version": number, "percentile": 50}
     )
-    assert job.status_code == body_status, job.text
-    if body_code:
-        assert _error(job)["code"] == body_code
+    assert (job.status_code, _error(job)["code"]) == (body_status, body_code), job.text
     listed = client.get("/jobs", params={"offset": number})
     assert listed.status_code == 422, listed.text
 

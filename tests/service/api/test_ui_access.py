@@ -237,6 +237,38 @@ def test_without_a_token_anyone_writes_but_not_from_another_site(
         assert app.state.registry.get_model("digits").aliases == {"production": 1}
 
 
+def test_uploads_refuse_what_the_json_api_refuses_with_the_same_words(
+    tmp_path: Path, model_bytes: bytes
+) -> None:
+    """The upload forms read files as the JSON routes do: a legacy .h5 model is told how to
+    re-save it, a dataset that is not an .npz is refused, and neither leaves a model behind."""
+    app = create_app(Settings(data_dir=tmp_path))
+    with TestClient(app) as client:
+        for filename in ("model.h5", "weights.HDF5"):
+            refused = client.post(
+                "/ui/upload",
+                data={"name": "legacy", "kind": "new"},
+                files={"file": (filename, model_bytes)},
+            )
+            assert refused.status_code == 415, refused.text
+            assert alerts(refused.text) == [
+                f"Expected a .keras file, got &#39;{filename}&#39;; legacy HDF5 (.h5) models "
+                "are not accepted; re-save with model.save(&#39;model.keras&#39;)"
+            ]
+        assert app.state.registry.list_models() == []
+        dataset = client.post("/ui/datasets", files={"file": ("d.npz", b"not a zip")})
+        assert dataset.status_code == 422, dataset.text
+        assert "must be an .npz archive" in alerts(dataset.text)[0]
+        stored = client.post(
+            "/ui/upload",
+            data={"name": "fine", "kind": "new"},
+            files={"file": ("fine.keras", model_bytes)},
+            follow_redirects=False,
+        )
+        assert stored.status_code == 303, stored.text
+        assert [m.id for m in app.state.registry.list_models()] == ["fine"]
+
+
 def test_try_it_shows_hostile_inputs_as_text_and_refusals_as_field_errors(
     guarded: tuple[TestClient, dict[str, str]],
 ) -> None:
