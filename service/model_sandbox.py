@@ -72,7 +72,8 @@ _ZYGOTE_BUSY_WAIT_S = 3.0
 _ZYGOTE_START_S = 120.0
 # How long past the wall limit a zygote may take to kill, reap and report its child.
 _ZYGOTE_MARGIN_S = 10.0
-# After a zygote fails to start, loads spawn fresh children for this long before trying again.
+# After a zygote fails to start, or two fail in a row, loads spawn fresh children for this long
+# before trying again.
 _ZYGOTE_RETRY_S = 300.0
 _MAX_CONTROL_LINE = 64 * 1024
 
@@ -320,6 +321,7 @@ class _ZygotePool:
         self._live = 0
         self._size = size
         self._paused_until = 0.0
+        self._failures = 0  # zygotes that failed in a row
 
     def acquire(self) -> _Zygote | None:
         """An idle zygote, a new one if there is room, or None (the caller spawns instead)."""
@@ -355,6 +357,7 @@ class _ZygotePool:
             self.discard(zygote)
             return
         with self._ready:
+            self._failures = 0
             self._idle.append(zygote)
             self._ready.notify()
 
@@ -362,6 +365,11 @@ class _ZygotePool:
         zygote.close()
         with self._ready:
             self._live -= 1
+            self._failures += 1
+            # One failure may be a child that killed its zygote; two in a row, a platform where
+            # zygotes do not work (each would cost a start on top of the spawn).
+            if self._failures >= 2:
+                self._paused_until = time.monotonic() + _ZYGOTE_RETRY_S
             self._ready.notify()
 
     def abandon(self) -> None:
