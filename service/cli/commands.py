@@ -4,14 +4,15 @@
 - `local`: ``prune``, a local ``.keras`` file with the library alone;
 - `quickstart`: ``quickstart``, a small trained model and data to try everything on;
 - `remote`: the client commands (``push``, ``datasets``, ``jobs``, ``models``, ``aliases``,
-  ``pull``, ``report``; the ``[client]`` extra).
+  ``pull``, ``report``; the ``[client]`` extra);
+- `tokens`: ``tokens new``, a scoped API token for the server's token file.
 """
 
 from __future__ import annotations
 
 import typer
 
-from service.cli import local, quickstart, remote, server
+from service.cli import local, quickstart, remote, server, tokens
 from service.cli.output import EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -31,3 +32,4 @@ app.add_typer(remote.datasets_app, name="datasets")
 app.add_typer(remote.jobs_app, name="jobs")
 app.add_typer(remote.models_app, name="models")
 app.add_typer(remote.aliases_app, name="aliases")
+app.add_typer(tokens.tokens_app, name="tokens")

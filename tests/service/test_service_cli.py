@@ -326,3 +326,27 @@ def test_prune_without_a_keras_backend_names_the_extra(
     assert result.returncode == 2, result.stderr[-2000:]
     assert 'pip install "spectral-pruning[tensorflow]"' in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "o.keras").exists()
+
+
+def test_tokens_new_prints_a_token_the_file_entry_grants(tmp_path: Path) -> None:
+    from service.tokens import TokenTable
+
+    made = _cli("tokens", "new", "--name", "ci-a", "--scope", "write", "--models", "team-a-*")
+    assert made.returncode == 0, made.stderr
+    lines = made.stdout.splitlines()
+    token, entry = lines[0], "\n".join(lines[1:]) + "\n"
+    assert token not in entry  # the file keeps only the hash
+    token_file = tmp_path / "tokens.toml"
+    token_file.write_text(entry)
+    granted = TokenTable.load(token_file).find(token)
+    assert granted is not None
+    assert granted.name == "ci-a" and granted.access == "write"
+    assert granted.covers("team-a-digits") and not granted.covers("team-b-digits")
+    assert TokenTable.load(token_file).find(token + "x") is None
+
+
+def test_tokens_new_refuses_an_unknown_scope_and_no_models() -> None:
+    bad_scope = _cli("tokens", "new", "--name", "x", "--scope", "admin", "--models", "a")
+    assert bad_scope.returncode == 2 and "read or write" in bad_scope.stderr
+    no_models = _cli("tokens", "new", "--name", "x")
+    assert no_models.returncode == 2 and "--models" in no_models.stderr
