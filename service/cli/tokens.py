@@ -16,7 +16,7 @@ tokens_app = typer.Typer(
 
 @tokens_app.command("new")
 def new(
-    name: Annotated[str, typer.Option(help="Who or what holds the token (shown in alias history).")],
+    name: Annotated[str, typer.Option(help="Who holds the token (shown in alias history).")],
     scope: Annotated[str, typer.Option(help="read | write.")] = "read",
     models: Annotated[
         list[str],
