@@ -2,11 +2,9 @@
 
 Every case has canaries: a file the attack would create (it must not exist afterwards) and
 secrets that must never come back (the API token, a secret file's contents, server paths). Each
-refusal must be a 4xx in the error shape; after each case the baseline model still predicts, and
-after every case that reached Keras (in the sandbox), and after the backend switch that once
-poisoned the server, a fresh valid version uploads and predicts. ``SPECTRAL_HOSTILE_FULL=1``
-uploads and predicts a valid version after every case. A sampler watches the API process's RSS
-throughout: it must stay under 1.5 GiB.
+refusal must be a 4xx in the error shape; after each case the baseline model still predicts,
+and a fresh valid version uploads (through the sandbox) and predicts. A sampler watches the API
+process's RSS throughout: it must stay under 1.5 GiB.
 
 Run alone: ``.venv/bin/pytest tests/service/hostile -q``.
 """
@@ -14,7 +12,6 @@ Run alone: ``.venv/bin/pytest tests/service/hostile -q``.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -45,7 +42,6 @@ from tests.support.uploads import lambda_model_bytes, upload, upload_version
 TOKEN = "hostile-corpus-token-7f3a"
 SECRET = "canary-secret-contents-91c2"
 RSS_LIMIT_BYTES = int(1.5 * 1024**3)
-FULL = os.environ.get("SPECTRAL_HOSTILE_FULL") == "1"
 # High enough that a 1.2e9-parameter Dense passes the static bound and dies in the sandbox.
 MAX_PARAMS = 2_000_000_000
 
@@ -66,7 +62,6 @@ class Case:
     build: Callable[[Canaries], bytes]
     message: str  # a fragment of the refusal message
     statuses: tuple[int, ...] = (400,)  # 400: refused content; 422: past a resource limit
-    reupload: bool = False  # reached Keras (or once poisoned the server): upload again after
     filename: str = "model.keras"
 
 
@@ -189,7 +184,6 @@ CASES = [
         "set-backend",
         _mutate(lambda cfg, c: _add_arg(cfg, function_ref("keras.config", "set_backend"))),
         "is code",
-        reupload=True,
     ),
     Case(
         "set-floatx",
@@ -326,7 +320,6 @@ CASES = [
         ),
         "out of memory (limit 2048 MiB",
         statuses=(422,),
-        reupload=True,
     ),
     # -- deep and huge JSON --------------------------------------------------------------------
     Case(
@@ -448,16 +441,15 @@ def test_hostile_upload_is_refused_and_changes_nothing(
     assert client.get(f"/models/{name}").status_code == 404
 
     assert _predict(client, "baseline") == baseline
-    if case.reupload or FULL:
-        # Fresh bytes each time, so the sandbox really runs (no cached verdict).
-        added = upload_version(client, "baseline", fresh_copy(functional_model_bytes()))
-        assert added.status_code == 201, added.text
-        version = added.json()["version"]
-        fresh = client.post(
-            f"/models/baseline/versions/{version}/predict", json={"inputs": FEATURES.tolist()}
-        )
-        assert fresh.status_code == 200, fresh.text
-        np.testing.assert_allclose(fresh.json()["outputs"], baseline, rtol=1e-6)
+    # Fresh bytes each time, so the sandbox really runs (no cached verdict).
+    added = upload_version(client, "baseline", fresh_copy(functional_model_bytes()))
+    assert added.status_code == 201, added.text
+    version = added.json()["version"]
+    fresh = client.post(
+        f"/models/baseline/versions/{version}/predict", json={"inputs": FEATURES.tolist()}
+    )
+    assert fresh.status_code == 200, fresh.text
+    np.testing.assert_allclose(fresh.json()["outputs"], baseline, rtol=1e-6)
     assert api.process.poll() is None
     assert sampler.peak < RSS_LIMIT_BYTES, f"API RSS peaked at {sampler.peak / 2**20:.0f} MiB"
 
