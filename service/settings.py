@@ -111,6 +111,18 @@ class Settings(BaseSettings):
         description="A running job whose last heartbeat is older than this is considered lost "
         "and is re-queued (or failed once job_max_attempts is reached), in seconds.",
     )
+    artifact_url: str | None = Field(
+        default=None,
+        description="Where artifacts, datasets and report images are stored: a local directory "
+        "(default: under data_dir) or s3://bucket/prefix (endpoint, region and credentials from "
+        "the standard AWS_* variables).",
+    )
+    job_shutdown_s: float = Field(
+        default=25.0,
+        gt=0,
+        description="On SIGTERM, how long a worker lets its running job go on before it "
+        "releases it back to the queue, in seconds.",
+    )
     max_dataset_mb: float = Field(
         default=200.0, description="Largest accepted dataset upload (.npz), in MiB."
     )
