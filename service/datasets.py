@@ -18,7 +18,7 @@ from sqlalchemy import JSON, BigInteger, String
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from service.artifacts import ArtifactStore
+from service.artifacts import BlobStore, store_for
 from service.db import Base, Database, UtcDateTime, utcnow
 from service.errors import DatasetNotFound, DatasetRejected, PayloadTooLarge
 from service.settings import Settings
@@ -42,9 +42,9 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
-def dataset_store(settings: Settings) -> ArtifactStore:
-    """Datasets live next to the model artifacts, in their own content-addressed folder."""
-    return ArtifactStore(settings.dataset_root)
+def dataset_store(settings: Settings) -> BlobStore:
+    """Datasets live next to the model artifacts, under their own content-addressed prefix."""
+    return store_for(settings, "datasets")
 
 
 def _expanded_size(data: bytes) -> int:
@@ -110,7 +110,7 @@ def read_arrays(data: bytes, max_bytes: int | None = None) -> tuple[np.ndarray, 
 
 def create_dataset(
     session: Session,
-    store: ArtifactStore,
+    store: BlobStore,
     data: bytes,
     *,
     max_bytes: int,
@@ -172,6 +172,6 @@ def get_dataset(session: Session, dataset_id: str) -> Dataset:
     return row
 
 
-def load_dataset(session: Session, store: ArtifactStore, dataset_id: str) -> tuple[Any, Any]:
+def load_dataset(session: Session, store: BlobStore, dataset_id: str) -> tuple[Any, Any]:
     """The ``(x, y)`` arrays of a stored dataset (checksum verified by the store)."""
     return read_arrays(store.read(get_dataset(session, dataset_id).sha256))

@@ -5,7 +5,8 @@ in the transaction that moves it, and each move is a compare-and-set on the vers
 was read at, so two concurrent moves can never both believe they won.
 
 Rows live in the database (tables and records: `service.versions`); the .keras bytes live in
-the content-addressed `ArtifactStore` under ``<data_dir>/artifacts``. An upload is validated
+the content-addressed artifact store (``<data_dir>/artifacts`` or an S3 bucket: see
+`service.artifacts`). An upload is validated
 completely before anything is written, so a rejected upload leaves no row and no file behind.
 """
 
@@ -23,7 +24,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.artifacts import ArtifactStore
+from service.artifacts import BlobStore, LocalStore, store_for
 from service.db import Database, utcnow
 from service.errors import (
     AliasConflict,
@@ -76,7 +77,7 @@ def check_slug(value: str, what: str) -> str:
 
 
 class Registry:
-    """Registry operations over a `Database` and an `ArtifactStore`.
+    """Registry operations over a `Database` and a `BlobStore`.
 
     Args:
         database: Where the rows live (schema already upgraded).
@@ -86,7 +87,7 @@ class Registry:
     def __init__(
         self,
         database: Database,
-        store: ArtifactStore,
+        store: BlobStore,
         inspect: Callable[[bytes], dict[str, Any]] = inspect_artifact,
     ) -> None:
         self.database = database
@@ -99,7 +100,7 @@ class Registry:
     def from_settings(cls, settings: Settings, database: Database | None = None) -> Registry:
         return cls(
             database or Database(settings),
-            ArtifactStore(settings.artifact_root),
+            store_for(settings, "artifacts"),
             inspect=partial(inspect_artifact, settings=settings),
         )
 
@@ -416,6 +417,10 @@ class Registry:
             return row.version if row is not None else None
 
     def artifact_path(self, record: VersionRecord) -> Path:
+        """The version's file, for a local store only: everything else reads bytes
+        (`read_artifact`), which works on every store."""
+        if not isinstance(self.store, LocalStore):
+            raise TypeError(f"artifact_path needs a local store. Received: {self.store!r}")
         return self.store.path(record.sha256)
 
     def read_artifact(self, record: VersionRecord) -> bytes:

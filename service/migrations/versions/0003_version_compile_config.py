@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import context, op
 
-from service.artifacts import ArtifactStore
+from service.artifacts import BlobStore, LocalStore
 from service.errors import ArtifactCorrupted
 from service.model_loading import compile_config_from_archive
 
@@ -33,10 +33,7 @@ _versions = sa.table(
 
 
 def upgrade() -> None:
-    root = context.config.attributes.get("artifact_root")
-    if root is None:
-        raise RuntimeError("run migrations through service.db.upgrade_database (artifact root)")
-    store = ArtifactStore(Path(root))
+    store = _artifact_store()
     conn = op.get_bind()
     for model_id, version, sha256, metadata in conn.execute(sa.select(_versions)).all():
         if "compile_config" in metadata:
@@ -50,6 +47,18 @@ def upgrade() -> None:
             .where(_versions.c.model_id == model_id, _versions.c.version == version)
             .values(metadata={**metadata, "compile_config": config})
         )
+
+
+def _artifact_store() -> BlobStore:
+    """The store `service.db.upgrade_database` passes (``artifact_store``, from
+    ``store_for(settings, "artifacts")``), else the directory it passes (``artifact_root``)."""
+    store = context.config.attributes.get("artifact_store")
+    if store is not None:
+        return store  # type: ignore[no-any-return]
+    root = context.config.attributes.get("artifact_root")
+    if root is None:
+        raise RuntimeError("run migrations through service.db.upgrade_database (artifact store)")
+    return LocalStore(Path(root))
 
 
 def downgrade() -> None:

@@ -1,0 +1,109 @@
+"""A real S3-compatible server for tests: moto's server mode in a subprocess on 127.0.0.1.
+
+`s3_server` (session) starts one process; `s3_env` (per test) creates a bucket of its own and
+returns the environment that points a process at it (``SPECTRAL_ARTIFACT_URL`` plus the
+standard AWS variables). Import both fixtures into the test module that needs them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.artifacts import new_s3_client
+from tests.support.api import find_free_port
+
+S3_START_TIMEOUT_S = 30.0
+# moto accepts any credentials; these only have to exist so boto3 signs its requests.
+AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "spectral-test",
+    "AWS_SECRET_ACCESS_KEY": "spectral-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self) -> Any:
+        return new_s3_client(self.endpoint)
+
+    def new_bucket(self) -> str:
+        bucket = f"spectral-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=bucket)
+        return bucket
+
+    def keys(self, bucket: str) -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def start_s3_server(log_path: Path) -> S3Server:
+    port = find_free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + S3_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto server exited with {process.returncode}")
+        try:
+            httpx.get(f"{endpoint}/moto-api/", timeout=1)
+            return S3Server(endpoint, process, log_path)
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"moto server did not answer within {S3_START_TIMEOUT_S} s")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    saved = {name: os.environ.get(name) for name in AWS_TEST_ENV}
+    os.environ.update(AWS_TEST_ENV)  # for clients built in this process
+    server = start_s3_server(tmp_path_factory.mktemp("s3") / "moto.log")
+    try:
+        yield server
+    finally:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A fresh bucket; the environment selecting it, also applied to this process."""
+    bucket = s3_server.new_bucket()
+    env = {
+        **AWS_TEST_ENV,
+        "AWS_ENDPOINT_URL": s3_server.endpoint,
+        "SPECTRAL_ARTIFACT_URL": f"s3://{bucket}/spectral",
+    }
+    for name, value in env.items():
+        if not name.startswith("SPECTRAL_"):
+            monkeypatch.setenv(name, value)
+    return env
