@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,6 +73,37 @@ def start_worker(settings: Settings, **popen_kwargs: Any) -> subprocess.Popen[by
     return subprocess.Popen(worker_command(), env=env, start_new_session=True, **popen_kwargs)
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextmanager
+def _shared_metrics_dir() -> Iterator[Path]:
+    """Points PROMETHEUS_MULTIPROC_DIR at an empty directory for this run's API processes, so
+    a scrape of any of them reports the totals of all.
+
+    A directory given in the variable (an emptyDir volume, say) is emptied of metric files
+    first: files of a previous run would be summed into this one. Otherwise a fresh temporary
+    directory is made and removed at exit, never one under the data dir, which replicas on
+    several machines may share. Set before uvicorn imports the app, in this process and its
+    workers: prometheus-client reads the variable once, at import.
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield directory
+        return
+    directory = Path(tempfile.mkdtemp(prefix="spectral-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(directory)
+    try:
+        yield directory
+    finally:
+        del os.environ[MULTIPROC_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _run_api(host: str, port: int, workers: int) -> None:
     import uvicorn
 
@@ -117,7 +150,7 @@ def serve(
     # stops the worker, leaving it orphaned (docker stop, systemd and Kubernetes send SIGTERM).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        with _needs_service_extra("serve"):
+        with _needs_service_extra("serve"), _shared_metrics_dir():
             _run_api(host or settings.host, port or settings.port, 1)
     finally:
         if worker_process is not None:
@@ -149,7 +182,11 @@ def api(
 
         configure_logging()
         settings = Settings()
-        _run_api(host or settings.host, port or settings.port, workers or settings.api_workers)
+        # As in `serve`: a re-raised SIGTERM would end the process before the metrics
+        # directory is removed.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        with _shared_metrics_dir():
+            _run_api(host or settings.host, port or settings.port, workers or settings.api_workers)
 
 
 def worker(

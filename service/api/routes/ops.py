@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.deps import MetricsDep, require_metrics_read
+from service.api.deps import MetricsDep, SettingsDep, require_metrics_read
+from service.db import Database
+from service.metrics import JobMetrics, mark_this_process_dead
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["ops"])
+
+@asynccontextmanager
+async def _metrics_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # uvicorn has no per-worker exit hook; each worker process runs its app's lifespan, so this
+    # is where one API process of several tells prometheus-client it is gone.
+    yield
+    mark_this_process_dead()
+
+
+router = APIRouter(tags=["ops"], lifespan=_metrics_lifespan)
 
 
 @router.get("/healthz")
@@ -46,6 +59,9 @@ def readyz(request: Request) -> JSONResponse:
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-def metrics(service_metrics: MetricsDep) -> Response:
-    """Prometheus text format. On a server with protected reads, only the admin token."""
-    return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)
+def metrics(request: Request, service_metrics: MetricsDep, settings: SettingsDep) -> Response:
+    """Prometheus text format: the HTTP and predict counts of every API process, and the jobs
+    in the database. On a server with protected reads, only the admin token."""
+    database: Database = request.app.state.database
+    jobs = JobMetrics(database, settings.all_queues)
+    return Response(service_metrics.render(jobs), media_type=CONTENT_TYPE_LATEST)
