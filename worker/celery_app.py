@@ -24,9 +24,10 @@ logger = logging.getLogger(__name__)
 
 def create_celery(settings: Settings | None = None) -> Celery:
     """The workers' Celery app for ``settings`` (default: this process's), with the pruning task
-    and the start-up hooks registered."""
+    and the start-up and shutdown hooks registered."""
     # Imported for their side effects: the shared task and the worker signal handlers.
     import worker.lifecycle  # noqa: F401
+    import worker.shutdown  # noqa: F401
     import worker.tasks  # noqa: F401
 
     celery = Celery("spectral")

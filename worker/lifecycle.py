@@ -4,9 +4,10 @@
   ``data_dir``, where the embedded SQLite broker lives).
 * ``worker_ready`` (parent process): re-send queued jobs and recover running jobs whose
   heartbeat expired, then start a thread doing the latter every half lease.
-* ``worker_process_init`` (each child, after the fork): import TensorFlow/Keras and `spectral`
-  once, so the first job does not pay for it, and log the devices a job will use (a GPU is
-  used automatically when TensorFlow or JAX sees one).
+* ``worker_process_init`` (each child, after the fork): listen for the shutdown's release
+  request (`worker.shutdown`), import TensorFlow/Keras and `spectral` once, so the first job
+  does not pay for it, and log the devices a job will use (a GPU is used automatically when
+  TensorFlow or JAX sees one).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from service.jobs.table import Job
 from service.messaging import send_job
 from service.settings import Settings, get_settings
 from worker.sessions import job_session
+from worker.shutdown import install_child_handler
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ def _recover_on_start(sender: Any = None, **_: Any) -> None:
 
 @worker_process_init.connect
 def _warm_up_child(**_: Any) -> None:
+    install_child_handler()  # first: a job may run as soon as this returns
     import keras
 
     import spectral  # noqa: F401  (registers the layer for model loading)

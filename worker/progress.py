@@ -1,7 +1,8 @@
 """How a running job talks to its row: progress, heartbeats, and cancellation.
 
 A client's cancel request only sets a flag on the row; these helpers read it at each progress
-step and between training epochs, and raise `JobCancelled` there.
+step and between training epochs, and raise `JobCancelled` there. At the same points they raise
+`JobReleased` once the worker shutting down asks for the job back (see `worker.shutdown`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from service.errors import JobCancelled
 from service.jobs import state
 from service.settings import Settings
 from worker.sessions import job_session
+from worker.shutdown import JobReleased, release_requested
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ class Heartbeat:
 
 
 class JobProgress:
-    """Records a job's progress; raises `JobCancelled` once a client asked to cancel it."""
+    """Records a job's progress; raises `JobCancelled` once a client asked to cancel it, and
+    `JobReleased` once its worker is shutting down and wants it back."""
 
     def __init__(self, settings: Settings, job_id: str) -> None:
         self._settings = settings
@@ -59,6 +62,8 @@ class JobProgress:
             cancel = state.record_progress(session, self.job_id, fraction, message)
         if cancel:
             raise JobCancelled(self.job_id)
+        if release_requested():
+            raise JobReleased(self.job_id)
 
     def library(self, fraction: float, message: str) -> None:
         """The library's ``progress`` callback, mapped into the job's library span."""
@@ -71,6 +76,8 @@ class JobProgress:
             cancel = state.is_cancel_requested(session, self.job_id)
         if cancel:
             raise JobCancelled(f"{self.job_id} ({message})")
+        if release_requested():
+            raise JobReleased(f"{self.job_id} ({message})")
 
     def epoch_callback(self) -> Any:
         """A Keras callback that lets a cancel request stop ``fit`` between epochs."""

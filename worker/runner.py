@@ -6,6 +6,7 @@ with ``promote``, run the promotion gate), and save it as ONE new version of the
 through the registry (idempotent on the job id), moving the alias in that same transaction
 when the gate passed.
 Progress goes to the job's row, which is also how a client's cancel request reaches the job.
+A worker shutting down asks for the job back at the same step boundaries (`worker.shutdown`).
 Every parameter arrives typed, with its default, as `PruneParams`.
 
 This module imports TensorFlow (through `spectral`): only a pool child imports it, after the
@@ -33,6 +34,8 @@ from service.errors import JobCancelled, JobInputError
 from service.jobs import state
 from service.jobs.params import Method, PromoteSpec, PruneParams
 from service.jobs.promotion import PromotionDecision, decide
+from service.jobs.submission import Enqueue
+from service.jobs.table import Job
 from service.model_loading import load_model_bytes
 from service.registry import Registry
 from service.settings import Settings
@@ -42,14 +45,19 @@ from spectral.evaluation import evaluate
 from spectral.search import lower_is_better, pick_metric
 from worker.progress import LIBRARY_END, LIBRARY_START, Heartbeat, JobProgress
 from worker.sessions import database, fail_job, job_session
+from worker.shutdown import JobReleased
 
 logger = logging.getLogger(__name__)
 
 _LATENCY_REPEATS = 5
 
 
-def execute_job(job_id: str, settings: Settings) -> None:
-    """Run job ``job_id``; every outcome, including failure, is written to its row."""
+def execute_job(job_id: str, settings: Settings, enqueue: Enqueue | None = None) -> None:
+    """Run job ``job_id``; every outcome, including failure, is written to its row.
+
+    A job released by a worker shutting down goes back to ``queued`` and its message is sent
+    again through ``enqueue(job_id, queue)``, so another worker starts it at once.
+    """
     with job_session(settings) as session:
         claim = state.claim_job(session, job_id, max_attempts=settings.job_max_attempts)
     if claim is None:
@@ -69,6 +77,8 @@ def execute_job(job_id: str, settings: Settings) -> None:
         with job_session(settings) as session:
             state.mark_cancelled(session, job_id)
         logger.info("job %s cancelled", job_id)
+    except JobReleased:
+        release(claim, settings, enqueue)
     except SoftTimeLimitExceeded:
         fail_job(settings, job_id, f"Time limit of {settings.job_soft_time_limit_s} s exceeded")
     except Exception as exc:
@@ -78,6 +88,23 @@ def execute_job(job_id: str, settings: Settings) -> None:
         with job_session(settings) as session:
             state.mark_succeeded(session, job_id, result_version=version, report=report)
         logger.info("job %s succeeded: %s v%d", job_id, claim.model_id, version)
+
+
+def release(claim: state.Claim, settings: Settings, enqueue: Enqueue | None) -> None:
+    """Hand a claimed job back to the queue (its attempt not counted) and send its message."""
+    with job_session(settings) as session:
+        released = state.release_job(session, claim.job_id, attempt=claim.attempt)
+        queue = session.get(Job, claim.job_id).queue  # type: ignore[union-attr]
+    if not released:
+        logger.info(
+            "job %s not released: it was cancelled or is no longer this attempt", claim.job_id
+        )
+        return
+    if enqueue is not None:
+        enqueue(claim.job_id, queue)
+    logger.warning(
+        "job %s attempt %d released: its worker is shutting down", claim.job_id, claim.attempt
+    )
 
 
 def run_job(claim: state.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:

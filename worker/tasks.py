@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import TimeLimitExceeded
 
-from service.messaging import RUN_JOB_TASK
+from service.messaging import RUN_JOB_TASK, send_job
 from service.settings import get_settings
 from worker.sessions import fail_job
 
@@ -37,4 +37,7 @@ def run_pruning_job(self: Task, job_id: str) -> None:
     # Imported here so the parent process never loads TensorFlow before forking.
     from worker.runner import execute_job
 
-    execute_job(job_id, get_settings())
+    def enqueue(released_job_id: str, queue: str) -> None:
+        send_job(self.app, released_job_id, queue)
+
+    execute_job(job_id, get_settings(), enqueue)

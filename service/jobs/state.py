@@ -8,6 +8,7 @@ can never run a job twice or resurrect a finished one::
        |                 |  ^
        |                 |  +-- progress / heartbeat (keeps the lease)
        |                 +-- lease expired --recover--> queued (failed past max attempts)
+       |                 +-- worker shutting down --release--> queued (attempt not counted)
        +--cancel--> cancelled            running --cancel--> cancel_requested (stops at a step)
 
 Nothing here imports TensorFlow or Keras: the worker's parent process imports this module
@@ -156,6 +157,37 @@ def mark_failed(session: Session, job_id: str, error: str) -> bool:
 
 def mark_cancelled(session: Session, job_id: str) -> bool:
     return _finish(session, job_id, "cancelled", error="cancelled on request")
+
+
+def release_job(session: Session, job_id: str, *, attempt: int) -> bool:
+    """running -> queued for a worker that shuts down; True when released (send its message).
+
+    The released attempt is not counted: ``attempts`` budgets faults (a lost worker, a killed
+    process), and a release is an orderly hand-back the job did not cause. Counting it would
+    fail a long job after ``max_attempts`` rolling restarts of the workers. So ``attempts``
+    counts the attempts that ran to an end or were lost, and the step records the release.
+    Only attempt ``attempt`` is released: never a later one another worker started since. A
+    job whose cancel was requested is cancelled instead.
+    """
+    running = (Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+    if is_cancel_requested(session, job_id):
+        session.execute(
+            _update()
+            .where(*running)
+            .values(status="cancelled", finished_at=utcnow(), step="cancelled")
+        )
+        return False
+    released = session.execute(
+        _update()
+        .where(*running)
+        .values(
+            status="queued",
+            attempts=Job.attempts - 1,
+            progress=0.0,
+            step=f"released by a worker shutting down (attempt {attempt} not counted)",
+        )
+    )
+    return released.rowcount == 1  # type: ignore[attr-defined]
 
 
 def recover_jobs(
