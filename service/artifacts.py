@@ -275,7 +275,8 @@ _clients: dict[tuple[int, str | None], Any] = {}
 def _default_s3_client() -> Any:
     """One client per process and endpoint: boto3 clients are thread-safe, but their
     connection pools must not cross a fork (Celery's prefork pool)."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    # An empty variable means "not set", as boto3 itself reads it.
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     key = (os.getpid(), endpoint)
     with _client_lock:
         client = _clients.get(key)

@@ -16,6 +16,7 @@ import typer
 import yaml
 from fastapi.testclient import TestClient
 
+from service.artifacts import LocalStore, S3Store, store_for
 from service.cli import app as cli_app
 from service.settings import Settings
 
@@ -123,6 +124,7 @@ def test_compose_services_and_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     services = COMPOSE["services"]
     assert {"redis", "postgres", "api", "worker", "gpu-worker"} <= set(services)
     for name in ("api", "worker", "gpu-worker"):
+        assert services[name].get("profiles") in (None, ["gpu"])
         _check_cli_args(services[name]["command"])
         assert "spectral-data:/data" in services[name]["volumes"]
         assert _compose_env(name)["SPECTRAL_DATA_DIR"] == "/data"
@@ -214,3 +216,52 @@ def test_dockerfile() -> None:
     _check_cli_args(yaml.safe_load(cmd.group(1)))
     for copied in re.findall(r"^COPY (\S+) ", DOCKERFILE, re.M):
         assert (ROOT / copied).exists(), copied
+
+
+def test_compose_s3_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--profile s3`` adds MinIO and a one-shot that creates the bucket; the API and the
+    workers reach it with the credentials MinIO was started with, and wait for the bucket."""
+    services = COMPOSE["services"]
+    minio, bucket_job = services["minio"], services["minio-bucket"]
+    assert minio["profiles"] == bucket_job["profiles"] == ["s3"]
+    # The documented command line selects a bucket that the one-shot creates.
+    header = (ROOT / "docker-compose.yml").read_text().split("\nx-spectral-env")[0]
+    match = re.search(r"SPECTRAL_ARTIFACT_URL=(s3://\S+) docker compose --profile s3 up", header)
+    assert match is not None, "the header documents the s3 profile"
+    url = match.group(1)
+    assert _interpolate(bucket_job["environment"]["SPECTRAL_ARTIFACT_URL"]) == url
+    script = bucket_job["command"][0]
+    assert "mc mb --ignore-existing" in script and "http://minio:9000" in script
+    assert bucket_job["depends_on"]["minio"]["condition"] == "service_healthy"
+    for name in ("api", "worker", "gpu-worker"):
+        env = _compose_env(name)
+        # Off by default: no profile, no bucket, the volume as before.
+        assert env["SPECTRAL_ARTIFACT_URL"] == ""
+        # "-" not ":-": an empty AWS_ENDPOINT_URL (AWS itself) is kept, not defaulted.
+        assert env["AWS_ENDPOINT_URL"] == "${AWS_ENDPOINT_URL-http://minio:9000}"
+        assert env["AWS_ACCESS_KEY_ID"] == _interpolate(minio["environment"]["MINIO_ROOT_USER"])
+        assert env["AWS_SECRET_ACCESS_KEY"] == _interpolate(
+            minio["environment"]["MINIO_ROOT_PASSWORD"]
+        )
+        needs = services[name]["depends_on"]["minio-bucket"]
+        assert needs == {"condition": "service_completed_successfully", "required": False}
+        with monkeypatch.context() as patch:
+            settings = _settings_from({**env, "SPECTRAL_ARTIFACT_URL": url}, patch)
+            store = store_for(settings, "artifacts")
+            assert isinstance(store, S3Store) and url == f"s3://{store.bucket}/registry"
+            default = _settings_from(env, patch)
+            assert isinstance(store_for(default, "datasets"), LocalStore)
+    assert "minio-data" in COMPOSE["volumes"]
+
+
+def test_k8s_storage_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _k8s("ConfigMap", "spectral-storage")["data"]
+    secret = _k8s("Secret", "spectral-storage-credentials")["stringData"]
+    assert set(secret) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    # Credentials only in the Secret; the ConfigMap has the URL and the standard AWS names.
+    assert set(config) == {"SPECTRAL_ARTIFACT_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"}
+    settings = _settings_from({**_k8s_env(), **config}, monkeypatch)
+    artifacts, datasets = store_for(settings, "artifacts"), store_for(settings, "datasets")
+    assert isinstance(artifacts, S3Store) and isinstance(datasets, S3Store)
+    assert artifacts.bucket == datasets.bucket and artifacts.prefix != datasets.prefix
+    assert config["AWS_ENDPOINT_URL"].startswith(("http://", "https://"))
