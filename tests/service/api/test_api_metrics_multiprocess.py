@@ -3,6 +3,7 @@ metrics come from the database, and the run's metrics directory goes when the AP
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -155,3 +156,32 @@ def test_stopping_the_api_removes_its_metrics_directory(
     stop_api(api)
     assert api.process.returncode == 0, api.log_text()[-2000:]
     assert not metrics_dir.exists()
+
+
+def test_an_api_process_that_stops_marks_itself_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn has no per-worker exit hook: the app's lifespan tells prometheus-client, which
+    drops the process's live-gauge files and keeps its counters."""
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+
+    shared = tmp_path / "multiproc"
+    shared.mkdir()
+    pid = os.getpid()
+    live, other, counter = (
+        shared / f"gauge_livesum_{pid}.db",
+        shared / f"gauge_livesum_{pid + 1}.db",
+        shared / f"counter_{pid}.db",
+    )
+    for path in (live, other, counter):
+        path.write_bytes(b"")
+    # This test process imported prometheus-client without the variable: point the check at
+    # the directory directly.
+    monkeypatch.setattr("service.metrics.multiprocess_dir", lambda: shared)
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data"))) as client:
+        assert client.get("/healthz").status_code == 200
+        assert live.exists()
+    assert not live.exists()
+    assert other.exists() and counter.exists()
