@@ -34,7 +34,7 @@ from celery.signals import worker_init, worker_shutting_down
 from service.jobs import state
 from service.jobs.table import Job
 from service.messaging import send_job
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 from worker.sessions import job_session
 
 logger = logging.getLogger(__name__)
@@ -78,9 +78,8 @@ def _start_shutdown_clock(sig: str = "", how: str = "", **_: Any) -> None:
     # Runs inside Celery's signal handler: start the clock on a thread and return.
     if how != "Warm" or _worker is None:
         return
-    window = get_settings().job_shutdown_s
     threading.Thread(
-        target=_shutdown_clock, args=(_worker, window), name="spectral-shutdown", daemon=True
+        target=shutdown_clock, args=(_worker, get_settings()), name="spectral-shutdown", daemon=True
     ).start()
 
 
@@ -97,7 +96,9 @@ def _active_job_ids() -> list[str]:
     return [str(request.args[0]) for request in list(worker_state.active_requests) if request.args]
 
 
-def _shutdown_clock(worker: Any, window: float) -> None:
+def shutdown_clock(worker: Any, settings: Settings) -> None:
+    """Steps 2 and 3 above, for the Celery ``worker`` whose warm shutdown just started."""
+    window = settings.job_shutdown_s
     logger.warning(
         "shutting down: running jobs %s may go on for %g s, then are released",
         _active_job_ids(),
@@ -115,7 +116,6 @@ def _shutdown_clock(worker: Any, window: float) -> None:
     if not jobs:
         return
     # Attempts read before the kill: the release below applies to the attempt that was killed.
-    settings = get_settings()
     with job_session(settings) as session:
         attempts = {job_id: session.get(Job, job_id) for job_id in jobs}
         running = {
