@@ -28,7 +28,12 @@ from service.registry import Registry
 from service.settings import Settings
 from tests.support.api import find_free_port
 from tests.support.digits import digits_npz
-from tests.support.s3 import S3Server, s3_env, s3_server  # noqa: F401 (fixtures)
+from tests.support.s3 import (  # noqa: F401 (s3_env, s3_server: fixtures)
+    S3Server,
+    overwrite_blob,
+    s3_env,
+    s3_server,
+)
 
 
 @dataclass
@@ -40,18 +45,13 @@ class StoreCase:
     raw_names: Callable[[], list[str]]
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
 @pytest.fixture(params=["local", "s3"])
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> StoreCase:
     if request.param == "local":
         local = LocalStore(tmp_path / "blobs")
         return StoreCase(
             local,
-            lambda sha, data: _write(local.path(sha), data),
+            lambda sha, data: overwrite_blob(local, sha, data),
             lambda: sorted(str(p) for p in tmp_path.rglob("*") if p.is_file()),
         )
     server: S3Server = request.getfixturevalue("s3_server")
@@ -60,7 +60,7 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> StoreCase:
     s3 = S3Store(bucket, "pre/fix/artifacts", client=client)
     return StoreCase(
         s3,
-        lambda sha, data: client.put_object(Bucket=bucket, Key=s3.key(sha), Body=data),
+        lambda sha, data: overwrite_blob(s3, sha, data),
         lambda: server.keys(bucket),
     )
 
@@ -158,9 +158,10 @@ def test_unreachable_s3_store_is_unavailable_not_an_internal_error(
 
 
 def test_store_for_selects_by_artifact_url(tmp_path: Path) -> None:
-    default = store_for(Settings(data_dir=tmp_path), "artifacts")
+    unset = Settings(data_dir=tmp_path, artifact_url=None)  # None even if the shell sets it
+    default = store_for(unset, "artifacts")
     assert isinstance(default, LocalStore) and default.root == tmp_path / "artifacts"
-    assert dataset_store(Settings(data_dir=tmp_path)).root == tmp_path / "datasets"  # type: ignore[attr-defined]
+    assert dataset_store(unset).root == tmp_path / "datasets"  # type: ignore[attr-defined]
     elsewhere = store_for(Settings(data_dir=tmp_path, artifact_url=str(tmp_path / "x")), "datasets")
     assert isinstance(elsewhere, LocalStore) and elsewhere.root == tmp_path / "x" / "datasets"
     s3 = store_for(Settings(data_dir=tmp_path, artifact_url="s3://bkt/team/a/"), "artifacts")
@@ -174,7 +175,7 @@ def test_store_for_selects_by_artifact_url(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=message):
             store_for(Settings(data_dir=tmp_path, artifact_url=url), "artifacts")
     with pytest.raises(ValueError, match="kind"):
-        store_for(Settings(data_dir=tmp_path), "models")  # type: ignore[arg-type]
+        store_for(unset, "models")  # type: ignore[arg-type]
 
 
 def test_registry_and_datasets_on_s3_leave_nothing_in_the_data_dir(

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.artifacts import new_s3_client
+from service.artifacts import BlobStore, LocalStore, S3Store, new_s3_client
 from tests.support.api import find_free_port
 
 S3_START_TIMEOUT_S = 30.0
@@ -49,6 +49,19 @@ class S3Server:
     def keys(self, bucket: str) -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
         return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def overwrite_blob(store: BlobStore, sha256: str, data: bytes) -> None:
+    """Writes ``data`` under ``sha256`` behind the store's back (disk rot, a stray writer), on
+    either store: how a test damages an artifact without knowing where it lives."""
+    if isinstance(store, LocalStore):
+        path = store.path(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    elif isinstance(store, S3Store):
+        store.client.put_object(Bucket=store.bucket, Key=store.key(sha256), Body=data)
+    else:
+        raise TypeError(f"overwrite_blob expected a LocalStore or an S3Store. Received: {store!r}")
 
 
 def start_s3_server(log_path: Path) -> S3Server:
@@ -107,3 +120,38 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
         if not name.startswith("SPECTRAL_"):
             monkeypatch.setenv(name, value)
     return env
+
+
+# -- the whole suite on S3 -------------------------------------------------------------------
+# `pytest -p tests.support.s3 --artifact-store=s3` runs every test with SPECTRAL_ARTIFACT_URL
+# pointing at a prefix of its own in one bucket of the session's moto server. Settings built in
+# the test process read it from the environment; children get it when child_env passes it on.
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--artifact-store",
+        choices=["local", "s3"],
+        default="local",
+        help="Where tests store artifacts: local directories, or a moto S3 server (needs "
+        "-p tests.support.s3).",
+    )
+
+
+@pytest.fixture(scope="session")
+def _suite_bucket(request: pytest.FixtureRequest) -> str | None:
+    if request.config.getoption("--artifact-store") != "s3":
+        return None
+    server: S3Server = request.getfixturevalue("s3_server")
+    return f"{server.endpoint} {server.new_bucket()}"
+
+
+@pytest.fixture(autouse=True)
+def _artifacts_in_suite_bucket(_suite_bucket: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if _suite_bucket is None:
+        return
+    endpoint, bucket = _suite_bucket.split()
+    for name, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("SPECTRAL_ARTIFACT_URL", f"s3://{bucket}/{uuid.uuid4().hex[:12]}")
