@@ -223,9 +223,9 @@ class S3Store(BlobStore):
             self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
 
     def shas(self) -> Iterator[str]:
-        paginator = self.client.get_paginator("list_objects_v2")
         prefix = f"{self.prefix}/" if self.prefix else ""
         with _mapped_errors(self):
+            paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
                     name = item["Key"].rsplit("/", 1)[-1]
