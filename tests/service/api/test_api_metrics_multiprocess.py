@@ -108,7 +108,9 @@ def test_job_metrics_are_read_from_the_database(two_workers: tuple[RunningApi, P
         # Cancelled while queued: never started, so no duration.
         ("pretrain", "cancelled", "spectral", 0),
     ]
-    database = Database(Settings(data_dir=api.data_dir))
+    # The server's database (its SPECTRAL_* come from launch_api alone, not from this shell).
+    registry_db = (api.data_dir / "registry.db").resolve()
+    database = Database(Settings(data_dir=api.data_dir, database_url=f"sqlite:///{registry_db}"))
     try:
         with database.session() as session:
             session.add_all(_job(i, *job) for i, job in enumerate(jobs))
