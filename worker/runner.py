@@ -45,7 +45,7 @@ from spectral.evaluation import evaluate
 from spectral.search import lower_is_better, pick_metric
 from worker.progress import LIBRARY_END, LIBRARY_START, Heartbeat, JobProgress
 from worker.sessions import database, fail_job, job_session
-from worker.shutdown import JobReleased
+from worker.shutdown import JobReleased, release_requested
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,10 @@ def execute_job(job_id: str, settings: Settings, enqueue: Enqueue | None = None)
     A job released by a worker shutting down goes back to ``queued`` and its message is sent
     again through ``enqueue(job_id, queue)``, so another worker starts it at once.
     """
+    if release_requested():
+        # This worker is shutting down: leave the job queued for the next one, unclaimed.
+        _send_again(job_id, settings, enqueue)
+        return
     with job_session(settings) as session:
         claim = state.claim_job(session, job_id, max_attempts=settings.job_max_attempts)
     if claim is None:
@@ -90,18 +94,24 @@ def execute_job(job_id: str, settings: Settings, enqueue: Enqueue | None = None)
         logger.info("job %s succeeded: %s v%d", job_id, claim.model_id, version)
 
 
+def _send_again(job_id: str, settings: Settings, enqueue: Enqueue | None) -> None:
+    with job_session(settings) as session:
+        job = session.get(Job, job_id)
+        queue = job.queue if job is not None and job.status == "queued" else None
+    if queue is not None and enqueue is not None:
+        enqueue(job_id, queue)
+
+
 def release(claim: state.Claim, settings: Settings, enqueue: Enqueue | None) -> None:
     """Hand a claimed job back to the queue (its attempt not counted) and send its message."""
     with job_session(settings) as session:
         released = state.release_job(session, claim.job_id, attempt=claim.attempt)
-        queue = session.get(Job, claim.job_id).queue  # type: ignore[union-attr]
     if not released:
         logger.info(
             "job %s not released: it was cancelled or is no longer this attempt", claim.job_id
         )
         return
-    if enqueue is not None:
-        enqueue(claim.job_id, queue)
+    _send_again(claim.job_id, settings, enqueue)
     logger.warning(
         "job %s attempt %d released: its worker is shutting down", claim.job_id, claim.attempt
     )

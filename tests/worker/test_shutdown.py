@@ -99,6 +99,19 @@ def test_release_signal_hands_the_running_job_back_at_its_next_epoch(
     assert again is not None and again.attempt == 1
 
 
+def test_a_job_arriving_after_the_release_request_stays_queued_for_the_next_worker(
+    env: tuple[Settings, Registry], release_handler: None
+) -> None:
+    settings, registry = env
+    job_id = _submit(registry, settings, method="percentile", percentile=30)
+    shutdown._release_requested.set()
+    sent: list[tuple[str, str]] = []
+    execute_job(job_id, settings, _sent_to(sent))
+    job = _job(registry, job_id)
+    assert job.status == "queued" and job.attempts == 0
+    assert sent == [(job_id, "spectral")]
+
+
 def test_release_applies_only_to_its_own_attempt_of_a_running_job(
     env: tuple[Settings, Registry],
 ) -> None:
