@@ -48,10 +48,21 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found |= set(map(int, (task / "children").read_text().split()))
+    except FileNotFoundError:  # it exited meanwhile
+        pass
+    return found
+
+
 def _zygotes(pid: int | None = None) -> set[int]:
-    """The zygotes among the descendants of ``pid`` (this test process by default)."""
+    """The zygotes started by ``pid`` (this test process by default): its own children only,
+    since servers that other tests of the session started have zygotes of their own."""
     found = set()
-    for child in _descendants(os.getpid() if pid is None else pid):
+    for child in _children(os.getpid() if pid is None else pid):
         try:
             if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[-2:-1] == [b"--zygote"]:
                 found.add(child)
