@@ -8,7 +8,7 @@ process (``worker_shutting_down``), the running job gets ``settings.job_shutdown
 
 1. At once, Celery stops taking messages. The running job goes on; if it ends within the
    window, it just ends (and the worker exits right after).
-2. At ``job_shutdown_s``, the parent sends ``SIGUSR2`` to each pool child. The child's job
+2. At ``job_shutdown_s``, the parent sends ``RELEASE_SIGNAL`` to each pool child. The child's job
    stops at its next step boundary (a progress step, a training epoch's end: where a cancel
    request is also read), its row goes back to ``queued`` with that attempt not counted (see
    `service.jobs.state.release_job`), and its message is sent again, so another worker starts
@@ -16,8 +16,12 @@ process (``worker_shutting_down``), the running job gets ``settings.job_shutdown
 3. At ``job_shutdown_s + RELEASE_GRACE_S``, children still busy (a step longer than the grace)
    are SIGKILLed, and the parent releases their jobs the same way.
 
-Pool children get SIGUSR2, not SIGTERM: Celery resets SIGTERM in them to its default, and
-billiard terminates them with it during a cold shutdown, which must keep working.
+The release signal is SIGURG, chosen because nothing else claims it: SIGTERM is how billiard
+terminates children in a cold shutdown, and billiard replaces the handlers of SIGTERM, SIGHUP,
+SIGUSR1 and SIGUSR2 (with its own, which exits) after Celery's child initializer ran, when the
+pool runs with threads (the embedded SQLite broker). SIGURG's default action is to ignore it,
+so a child that has no handler yet is not killed by it either; the kernel sends it only for
+out-of-band socket data, which nothing here uses.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 #: How long a released job may take to reach its next step boundary before its child is killed.
 RELEASE_GRACE_S = 5.0
-RELEASE_SIGNAL = signal.SIGUSR2
+RELEASE_SIGNAL = signal.SIGURG
 
 _release_requested = threading.Event()
 _worker: Any = None
