@@ -4,9 +4,12 @@ SPECTRAL_JOB_SHUTDOWN_S and taken by the next worker at once, or finishes within
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis
@@ -87,3 +90,31 @@ def test_sigterm_releases_the_running_job_and_the_next_worker_takes_it(
     assert versions(stack.api, "digits") == [1, 2]
     assert job["result"]["version"] == 2
     print(f"SIGTERM during the job -> it finished and the worker exited in {exit_s:.2f} s")
+
+
+def _broker_messages(env: dict[str, str]) -> list[str]:
+    """Payloads waiting in the embedded SQLite broker (kombu's ``kombu_message`` table)."""
+    broker = Path(env["SPECTRAL_DATA_DIR"]) / "broker.db"
+    with closing(sqlite3.connect(broker)) as connection:
+        rows = connection.execute("SELECT payload FROM kombu_message WHERE visible").fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def test_sigterm_releases_the_running_job_on_the_embedded_broker(
+    make_stack: Callable[..., Stack],  # noqa: F811
+) -> None:
+    """`spectral serve`'s broker: its pool runs with threads, where billiard takes over more
+    signals in the children (the release signal must not be one of them)."""
+    stack = make_stack(SPECTRAL_JOB_LEASE_S="600")
+    worker = stack.start_worker({**stack.env, "SPECTRAL_JOB_SHUTDOWN_S": "0.5"})
+    job_id = stack.pretrain(epochs=EPOCHS)
+    stack.wait_running(job_id)
+    (child,) = worker.child_pids()
+    exit_s = _terminate(worker, window=0.5)
+    assert worker.process.returncode == 0, worker.log_text()[-3000:]
+    assert not _alive(child)
+    assert "did not stop" not in worker.log_text()  # released at a step, not killed
+    job = get_job(stack.api, job_id)
+    assert job["status"] == "queued" and job["attempts"] == 0, job
+    assert any(job_id in message for message in _broker_messages(stack.env))
+    print(f"\nembedded broker: SIGTERM -> worker exited in {exit_s:.2f} s, job released")
