@@ -154,18 +154,24 @@ def serve(
             _run_api(host or settings.host, port or settings.port, 1)
     finally:
         if worker_process is not None:
-            _stop_worker(worker_process)
+            _stop_worker(worker_process, settings.job_shutdown_s)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    """Warm shutdown (SIGTERM lets a running job finish its step), then kill the group."""
+# After its job window the worker takes up to 5 s to release a job stuck in a step, then Celery
+# exits; the group is killed only past all of that.
+_WORKER_EXIT_GRACE_S = 20.0
+
+
+def _stop_worker(worker: subprocess.Popen[bytes], job_shutdown_s: float) -> None:
+    """SIGTERM: the worker lets its job run for ``job_shutdown_s``, then releases it back to
+    the queue; the group is killed only if the worker outlives that and its own grace."""
     worker.terminate()
     try:
-        worker.wait(timeout=30)
+        worker.wait(timeout=job_shutdown_s + _WORKER_EXIT_GRACE_S)
     except subprocess.TimeoutExpired:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
