@@ -28,19 +28,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from service.errors import ArtifactCorrupted, SpectralError
+from service.errors import ArtifactCorrupted, ArtifactStoreUnavailable
 from service.settings import Settings
 
 StoreKind = Literal["artifacts", "datasets"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class ArtifactStoreUnavailable(SpectralError):
-    """The artifact store (bucket, endpoint or credentials) cannot be used right now."""
-
-    status_code = 503
-    code = "artifact_store_unavailable"
 
 
 class BlobStore(ABC):

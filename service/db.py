@@ -130,21 +130,25 @@ def upgrade_database(settings: Settings, revision: str = "head") -> None:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 try:
                     with engine.begin() as conn:
-                        _run_upgrade(url, conn, revision, settings.artifact_root)
+                        _run_upgrade(url, conn, revision, settings)
                 finally:
                     fcntl.flock(lock, fcntl.LOCK_UN)
         else:
             with engine.begin() as conn:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-                _run_upgrade(url, conn, revision, settings.artifact_root)
+                _run_upgrade(url, conn, revision, settings)
     finally:
         engine.dispose()
 
 
-def _run_upgrade(url: str, conn: Any, revision: str, artifact_root: Path) -> None:
+def _run_upgrade(url: str, conn: Any, revision: str, settings: Settings) -> None:
+    from service.artifacts import store_for
+
     config = alembic_config(url)
     config.attributes["connection"] = conn
-    # Data migrations (0003 backfills each version's compile config) read the stored artifacts.
-    config.attributes["artifact_root"] = artifact_root
+    # Data migrations (0003 backfills each version's compile config) read the stored artifacts,
+    # from whichever store the settings name.
+    config.attributes["artifact_store"] = store_for(settings, "artifacts")
+    config.attributes["artifact_root"] = settings.artifact_root
     command.upgrade(config, revision)
     logger.debug("database at %s upgraded to %s", url.split("@")[-1], revision)

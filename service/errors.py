@@ -173,3 +173,10 @@ class AliasConflict(SpectralError):
 
     status_code = 409
     code = "alias_conflict"
+
+
+class ArtifactStoreUnavailable(SpectralError):
+    """The artifact store (bucket, endpoint or credentials) cannot be used right now."""
+
+    status_code = 503
+    code = "artifact_store_unavailable"

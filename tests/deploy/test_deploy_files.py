@@ -180,6 +180,8 @@ def test_k8s_api_ports_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [ref for ref in api["envFrom"]] == [
         {"configMapRef": {"name": "spectral-config"}},
         {"secretRef": {"name": "spectral-secrets"}},
+        {"configMapRef": {"name": "spectral-storage", "optional": True}},
+        {"secretRef": {"name": "spectral-storage-credentials", "optional": True}},
     ]
 
 
