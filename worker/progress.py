@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
 
 from service.errors import JobCancelled
 from service.jobs import state
@@ -56,14 +59,23 @@ class JobProgress:
     def __init__(self, settings: Settings, job_id: str) -> None:
         self._settings = settings
         self.job_id = job_id
+        # Celery's soft limit raises in the job's thread from a signal handler, wherever the job
+        # is; a library that catches Exception there swallows it and the job runs on to the hard
+        # kill. Checking the same deadline at each step and epoch makes the soft limit hold.
+        self._soft_deadline = time.monotonic() + settings.job_soft_time_limit_s
+
+    def _stop_if_asked(self, what: str) -> None:
+        if release_requested():
+            raise JobReleased(what)
+        if time.monotonic() > self._soft_deadline:
+            raise SoftTimeLimitExceeded(f"{what}: soft time limit reached")
 
     def step(self, fraction: float, message: str) -> None:
         with job_session(self._settings) as session:
             cancel = state.record_progress(session, self.job_id, fraction, message)
         if cancel:
             raise JobCancelled(self.job_id)
-        if release_requested():
-            raise JobReleased(self.job_id)
+        self._stop_if_asked(self.job_id)
 
     def library(self, fraction: float, message: str) -> None:
         """The library's ``progress`` callback, mapped into the job's library span."""
@@ -76,8 +88,7 @@ class JobProgress:
             cancel = state.is_cancel_requested(session, self.job_id)
         if cancel:
             raise JobCancelled(f"{self.job_id} ({message})")
-        if release_requested():
-            raise JobReleased(f"{self.job_id} ({message})")
+        self._stop_if_asked(f"{self.job_id} ({message})")
 
     def epoch_callback(self) -> Any:
         """A Keras callback that lets a cancel request stop ``fit`` between epochs."""
