@@ -31,7 +31,8 @@ def _shape_text(shape: list[int | None] | tuple[int, ...]) -> str:
     return "[" + ", ".join("-1" if d is None else str(d) for d in shape) + "]"
 
 
-def _to_array(value: Any, spec: dict[str, Any], label: str, max_batch: int) -> np.ndarray:
+def to_array(value: Any, spec: dict[str, Any], label: str) -> np.ndarray:
+    """A JSON value (nested lists of numbers) as a numeric array, or `InvalidInput`."""
     expected = spec["shape"]
     if isinstance(value, str | bytes) or value is None:
         raise InvalidInput(
@@ -49,6 +50,13 @@ def _to_array(value: Any, spec: dict[str, Any], label: str, max_batch: int) -> n
             f"{label}: ragged or mixed-type array; expected shape {_shape_text(expected)} "
             "of numbers"
         )
+    return array
+
+
+def check_array(array: np.ndarray, spec: dict[str, Any], label: str, max_batch: int) -> np.ndarray:
+    """Checks an input array against its spec (kind, shape, batch size, finiteness) and
+    returns it in the input's dtype; every protocol's front end goes through here."""
+    expected = spec["shape"]
     if array.dtype.kind not in _NUMERIC_KINDS:
         raise InvalidInput(f"{label}: expected numbers, got values of type {array.dtype.name!r}")
     if array.ndim != len(expected) or any(
@@ -76,6 +84,10 @@ def _to_array(value: Any, spec: dict[str, Any], label: str, max_batch: int) -> n
     if converted.dtype.kind == "f" and not np.isfinite(converted).all():
         raise InvalidInput(f"{label}: inputs overflow {dtype.name}")
     return converted
+
+
+def _to_array(value: Any, spec: dict[str, Any], label: str, max_batch: int) -> np.ndarray:
+    return check_array(to_array(value, spec, label), spec, label, max_batch)
 
 
 def validate_inputs(
