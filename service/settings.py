@@ -42,6 +42,26 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(
         default=8, description="How many loaded model versions the predict cache keeps."
     )
+    batch_max_rows: int = Field(
+        default=64,
+        ge=1,
+        description="Adaptive batching: most rows one forward pass coalesces from concurrent "
+        "predict requests for the same version (a version's metadata may lower it).",
+    )
+    batch_max_delay_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="Adaptive batching: longest a request waits for others to share its forward "
+        "pass, in ms; 0 coalesces only what is already waiting.",
+    )
+    serving_refresh_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Predict resolves (model, alias) from memory; other API processes' alias "
+        "moves and new versions are seen within this many seconds.",
+    )
     api_token: SecretStr | None = Field(
         default=None,
         description="The admin bearer token (every model, every operation). When it or "
