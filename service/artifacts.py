@@ -60,6 +60,10 @@ class BlobStore(ABC):
             raise ArtifactCorrupted(f"Artifact {sha256} failed its checksum (got {actual})")
         return data
 
+    def check(self) -> None:
+        """Raises `ArtifactStoreUnavailable` when the store cannot be reached (readiness)."""
+        self.exists("0" * 64)
+
     @abstractmethod
     def exists(self, sha256: str) -> bool: ...
 

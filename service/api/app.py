@@ -12,13 +12,14 @@ from service.api.deps import RateLimiters
 from service.api.errors import install_error_handlers
 from service.api.guard import RequestGuard
 from service.api.openapi import install_openapi
-from service.api.routes import aliases, datasets, jobs, models, ops, predict
+from service.api.routes import aliases, datasets, jobs, models, ops, predict, tfserving, v2
 from service.api.routes.docs import install_docs
 from service.api.ui import install_ui
 from service.db import Database, upgrade_database
 from service.inference import ModelCache, Predictor
 from service.metrics import ServiceMetrics
 from service.registry import Registry
+from service.serving import PredictCore
 from service.settings import Settings
 from service.tokens import TokenTable
 
@@ -86,13 +87,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiters = RateLimiters.from_settings(settings)
     app.state.model_cache = ModelCache(registry.load_keras_model, settings.model_cache_size)
     app.state.predictor = Predictor(app.state.model_cache, settings.max_batch, metrics)
-    app.state.readiness_checks = [("database", database.ping), ("broker", broker.check)]
+    app.state.predict_core = PredictCore(registry, app.state.predictor)
+    app.state.readiness_checks = [
+        ("database", database.ping),
+        ("broker", broker.check),
+        ("artifact_store", registry.store.check),
+    ]
 
     install_error_handlers(app)
     # HttpMetrics, added last, is outermost: it counts the guard's refusals too.
     app.add_middleware(RequestGuard)
     app.add_middleware(HttpMetrics, metrics=metrics)
-    for module in (ops, models, aliases, predict, datasets, jobs):
+    for module in (ops, models, aliases, predict, v2, tfserving, datasets, jobs):
         app.include_router(module.router)
     install_docs(app)
     install_openapi(app)

@@ -1,0 +1,7 @@
+"""Placeholder: the v2 protocol front end (filled in by its owner)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
