@@ -103,6 +103,22 @@ class LocalStore(BlobStore):
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
+    def check(self) -> None:
+        """The directory exists (created here, as the first write would) and takes a file.
+
+        A probe file, not `os.access`: root passes every permission check, and a read-only
+        mount or a full disk only shows on a real write.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".ready-", dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ArtifactStoreUnavailable(
+                f"The artifact store {self.root} is not writable: {exc.strerror or exc}"
+            ) from exc
+
     def _publish(self, sha256: str, data: bytes) -> None:
         target = self.path(sha256)
         # Same name and size is the same content (reads verify it); a short file, damage after
@@ -172,6 +188,13 @@ class S3Store(BlobStore):
     @property
     def client(self) -> Any:
         return self._client if self._client is not None else _default_s3_client()
+
+    def check(self) -> None:
+        """One HEAD of the bucket, with short timeouts and no retries: a readiness probe must
+        answer within the orchestrator's timeout, and the next probe is the retry."""
+        client = self._client if self._client is not None else _default_s3_client(probe=True)
+        with _mapped_errors(self):
+            client.head_bucket(Bucket=self.bucket)
 
     def key(self, sha256: str) -> str:
         name = f"{sha256[:2]}/{sha256}"
@@ -266,28 +289,35 @@ def store_for(settings: Settings, kind: StoreKind) -> BlobStore:
 # -- boto3 plumbing -------------------------------------------------------------------------
 
 _client_lock = threading.Lock()
-_clients: dict[tuple[int, str | None], Any] = {}
+_clients: dict[tuple[int, str | None, bool], Any] = {}
+
+# The readiness probe's budget: one attempt, a couple of seconds (kubelet's default probe
+# timeout is 1 s, and /readyz runs its other checks too).
+PROBE_CONNECT_TIMEOUT_S = 2.0
+PROBE_READ_TIMEOUT_S = 2.0
 
 
-def _default_s3_client() -> Any:
-    """One client per process and endpoint: boto3 clients are thread-safe, but their
-    connection pools must not cross a fork (Celery's prefork pool)."""
+def _default_s3_client(probe: bool = False) -> Any:
+    """One client per process and endpoint (and one for readiness probes): boto3 clients are
+    thread-safe, but their connection pools must not cross a fork (Celery's prefork pool)."""
     # An empty variable means "not set", as boto3 itself reads it.
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    key = (os.getpid(), endpoint)
+    key = (os.getpid(), endpoint, probe)
     with _client_lock:
         client = _clients.get(key)
         if client is None:
-            client = _clients[key] = new_s3_client(endpoint)
+            client = _clients[key] = new_s3_client(endpoint, probe=probe)
         return client
 
 
-def new_s3_client(endpoint_url: str | None = None) -> Any:
+def new_s3_client(endpoint_url: str | None = None, probe: bool = False) -> Any:
     """A boto3 S3 client with bounded retries and timeouts.
 
     Args:
         endpoint_url: An S3-compatible endpoint (MinIO, a test server); None for AWS, or for
             boto3's own ``AWS_ENDPOINT_URL`` lookup.
+        probe: For readiness checks: a single attempt with short timeouts, so that a store
+            that is down fails the probe in seconds rather than after every retry.
     """
     import boto3  # imported here: a local-only deployment never pays for it
     from botocore.config import Config
@@ -295,9 +325,9 @@ def new_s3_client(endpoint_url: str | None = None) -> Any:
     config = Config(
         # "standard" retries throttling, 5xx and connection errors with backoff, a bounded
         # number of times; past that the caller gets ArtifactStoreUnavailable.
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
-        read_timeout=60,
+        retries={"mode": "standard", "max_attempts": 1 if probe else 3},
+        connect_timeout=PROBE_CONNECT_TIMEOUT_S if probe else 5,
+        read_timeout=PROBE_READ_TIMEOUT_S if probe else 60,
         # A custom endpoint (MinIO, a test server) rarely serves bucket subdomains.
         s3={"addressing_style": "path" if endpoint_url else "auto"},
         # Only send and check checksums where asked (ChecksumSHA256 on put): not every

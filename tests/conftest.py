@@ -17,8 +17,22 @@ from service.db import Database, upgrade_database
 from service.settings import Settings
 from tests.support.api import RunningApi, find_free_port, launch_api, stop_api
 from tests.support.digits import build_digits_model, digits
+from tests.support.s3 import (  # noqa: F401 (fixtures)
+    _artifacts_in_suite_bucket,
+    _suite_bucket,
+    add_store_option,
+    module_store_env,
+    s3_env,
+    s3_server,
+    suite_store_env,
+)
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://127.0.0.1:5432/test"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # --artifact-store=s3: every test's artifacts in a moto S3 server (tests/support/s3.py).
+    add_store_option(parser)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -119,11 +133,14 @@ def db(job_settings: Settings) -> Iterator[Database]:
 
 @pytest.fixture
 def start_api(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    suite_store_env: dict[str, str],  # noqa: F811
 ) -> Iterator[Callable[..., RunningApi]]:
     """Factory: ``start_api(env: dict | None = None) -> base_url`` (a `RunningApi`).
 
-    Each call gets its own data dir under ``tmp_path`` unless ``env`` sets SPECTRAL_DATA_DIR.
+    Each call gets its own data dir under ``tmp_path`` unless ``env`` sets SPECTRAL_DATA_DIR,
+    and the suite's artifact store (``--artifact-store``) unless ``env`` names another.
     Servers are terminated at teardown; a failed test shows their logs.
     """
     started: list[RunningApi] = []
@@ -131,7 +148,7 @@ def start_api(
     def start(env: dict[str, str] | None = None) -> RunningApi:
         work_dir = tmp_path / f"api-{len(started)}"
         work_dir.mkdir()
-        api = launch_api(env, work_dir)
+        api = launch_api({**suite_store_env, **(env or {})}, work_dir)
         started.append(api)
         return api
 

@@ -17,7 +17,7 @@ import pytest
 import spectral
 from tests.support.digits import npz_bytes
 from tests.support.http import predict, submit_ok, upload_dataset, upload_model, wait_for
-from tests.support.s3 import S3Server, s3_env, s3_server  # noqa: F401 (fixtures)
+from tests.support.s3 import S3Server
 from tests.support.worker import RunningWorker
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,8 +42,8 @@ def _stored_files(data_dir: Path) -> list[Path]:
 
 
 def test_flow_with_artifacts_in_a_bucket(
-    s3_server: S3Server,  # noqa: F811
-    s3_env: dict[str, str],  # noqa: F811
+    s3_server: S3Server,
+    s3_env: dict[str, str],
     job_env: dict[str, str],
     redis_url: str,
     postgres_url: str,

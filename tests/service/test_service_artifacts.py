@@ -28,12 +28,10 @@ from service.registry import Registry
 from service.settings import Settings
 from tests.support.api import find_free_port
 from tests.support.digits import digits_npz
-from tests.support.s3 import (  # noqa: F401 (s3_env, s3_server: fixtures)
-    S3Server,
-    overwrite_blob,
-    s3_env,
-    s3_server,
-)
+from tests.support.s3 import S3Server, overwrite_blob
+
+# Runs a second time in CI with the artifacts in S3 (scripts/test).
+pytestmark = pytest.mark.artifact_store
 
 
 @dataclass
@@ -111,7 +109,7 @@ def test_put_repairs_a_truncated_blob(case: StoreCase) -> None:
     assert case.store.read(sha) == data
 
 
-def test_s3_put_skips_an_existing_object_and_sends_its_checksum(s3_server: S3Server) -> None:  # noqa: F811
+def test_s3_put_skips_an_existing_object_and_sends_its_checksum(s3_server: S3Server) -> None:
     client = s3_server.client()
     bucket = s3_server.new_bucket()
     sent: list[dict[str, Any]] = []
@@ -142,7 +140,7 @@ def test_failed_local_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_unreachable_s3_store_is_unavailable_not_an_internal_error(
-    s3_server: S3Server,  # noqa: F811
+    s3_server: S3Server,
 ) -> None:
     closed = S3Store("bucket", "p", client=new_s3_client(f"http://127.0.0.1:{find_free_port()}"))
     missing_bucket = S3Store("no-such-bucket-here", "p", client=s3_server.client())
@@ -179,8 +177,8 @@ def test_store_for_selects_by_artifact_url(tmp_path: Path) -> None:
 
 
 def test_registry_and_datasets_on_s3_leave_nothing_in_the_data_dir(
-    s3_server: S3Server,  # noqa: F811
-    s3_env: dict[str, str],  # noqa: F811
+    s3_server: S3Server,
+    s3_env: dict[str, str],
     tmp_path: Path,
     model_bytes: bytes,
     digits_data: tuple[np.ndarray, np.ndarray],

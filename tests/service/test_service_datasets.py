@@ -13,6 +13,9 @@ from service.db import Database
 from service.errors import DatasetNotFound, DatasetRejected
 from service.settings import Settings
 
+# Runs a second time in CI with the artifacts in S3 (scripts/test).
+pytestmark = pytest.mark.artifact_store
+
 
 def _npz(**arrays: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -92,15 +95,15 @@ def test_dataset_routes(tmp_path: Path) -> None:
         bomb = io.BytesIO()
         np.savez_compressed(bomb, x=np.zeros((20000, 64), dtype="float32"), y=np.zeros(20000))
         assert len(bomb.getvalue()) < settings.max_dataset_bytes
-        stored = sorted(datasets.dataset_store(settings).root.rglob("*"))
+        stored = sorted(datasets.dataset_store(settings).shas())
         expands = client.post("/datasets", files={"file": ("d.npz", bomb.getvalue())})
         assert (expands.status_code, expands.json()["error"]["code"]) == (413, "payload_too_large")
         assert "expand to" in expands.json()["error"]["message"]
-        assert sorted(datasets.dataset_store(settings).root.rglob("*")) == stored
+        assert sorted(datasets.dataset_store(settings).shas()) == stored
         # The web form stores through the same function: same id, same limits, nothing new.
         form = client.post("/ui/datasets", files={"file": ("d.npz", small)})
         assert form.status_code == 200, form.text
         assert f'Already stored: dataset <code id="dataset-id">{body["id"]}</code>' in form.text
         form_bomb = client.post("/ui/datasets", files={"file": ("d.npz", bomb.getvalue())})
         assert form_bomb.status_code == 413 and "expand to" in form_bomb.text
-        assert sorted(datasets.dataset_store(settings).root.rglob("*")) == stored
+        assert sorted(datasets.dataset_store(settings).shas()) == stored

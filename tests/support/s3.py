@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.artifacts import BlobStore, LocalStore, S3Store, new_s3_client
-from tests.support.api import find_free_port
+from service.artifacts import BlobStore, LocalStore, S3Store, new_s3_client, store_for
+from service.settings import Settings
+from tests.support.api import RunningApi, find_free_port
 
 S3_START_TIMEOUT_S = 30.0
 # moto accepts any credentials; these only have to exist so boto3 signs its requests.
@@ -62,6 +63,13 @@ def overwrite_blob(store: BlobStore, sha256: str, data: bytes) -> None:
         store.client.put_object(Bucket=store.bucket, Key=store.key(sha256), Body=data)
     else:
         raise TypeError(f"overwrite_blob expected a LocalStore or an S3Store. Received: {store!r}")
+
+
+def stored_artifacts(api: RunningApi) -> list[str]:
+    """The sha256 of every artifact (models, report images) a running API has stored, on
+    whichever store its environment selects."""
+    url = api.env.get("SPECTRAL_ARTIFACT_URL")
+    return sorted(store_for(Settings(data_dir=api.data_dir, artifact_url=url), "artifacts").shas())
 
 
 def start_s3_server(log_path: Path) -> S3Server:
@@ -123,35 +131,61 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 
 
 # -- the whole suite on S3 -------------------------------------------------------------------
-# `pytest -p tests.support.s3 --artifact-store=s3` runs every test with SPECTRAL_ARTIFACT_URL
-# pointing at a prefix of its own in one bucket of the session's moto server. Settings built in
-# the test process read it from the environment; children get it when child_env passes it on.
+# `pytest --artifact-store=s3` (the option is registered in tests/conftest.py) runs every test
+# with SPECTRAL_ARTIFACT_URL pointing at a prefix of its own in one bucket of the session's moto
+# server. Settings built in the test process read it from the environment; servers and workers
+# started through tests/conftest.py's factories get it in their environment.
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def add_store_option(parser: pytest.Parser) -> None:
     parser.addoption(
         "--artifact-store",
         choices=["local", "s3"],
         default="local",
-        help="Where tests store artifacts: local directories, or a moto S3 server (needs "
-        "-p tests.support.s3).",
+        help="Where tests store artifacts: local directories (default), or a moto S3 server "
+        "on 127.0.0.1 (tests marked artifact_store must pass on both).",
     )
 
 
+def suite_store_is_s3(config: pytest.Config) -> bool:
+    return bool(config.getoption("--artifact-store") == "s3")
+
+
 @pytest.fixture(scope="session")
-def _suite_bucket(request: pytest.FixtureRequest) -> str | None:
-    if request.config.getoption("--artifact-store") != "s3":
+def _suite_bucket(request: pytest.FixtureRequest) -> tuple[str, str] | None:
+    if not suite_store_is_s3(request.config):
         return None
     server: S3Server = request.getfixturevalue("s3_server")
-    return f"{server.endpoint} {server.new_bucket()}"
+    return server.endpoint, server.new_bucket()
+
+
+@pytest.fixture
+def suite_store_env(_suite_bucket: tuple[str, str] | None) -> dict[str, str]:
+    """The environment that selects this test's store: empty on the local store, else the AWS
+    variables and an ``s3://`` URL with a prefix of this test's own."""
+    return _store_env(_suite_bucket)
+
+
+def _store_env(_suite_bucket: tuple[str, str] | None) -> dict[str, str]:
+    if _suite_bucket is None:
+        return {}
+    endpoint, bucket = _suite_bucket
+    return {
+        **AWS_TEST_ENV,
+        "AWS_ENDPOINT_URL": endpoint,
+        "SPECTRAL_ARTIFACT_URL": f"s3://{bucket}/{uuid.uuid4().hex[:12]}",
+    }
+
+
+@pytest.fixture(scope="module")
+def module_store_env(_suite_bucket: tuple[str, str] | None) -> dict[str, str]:
+    """`suite_store_env` for a server shared by a module's tests (a prefix of the module's own)."""
+    return _store_env(_suite_bucket)
 
 
 @pytest.fixture(autouse=True)
-def _artifacts_in_suite_bucket(_suite_bucket: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    if _suite_bucket is None:
-        return
-    endpoint, bucket = _suite_bucket.split()
-    for name, value in AWS_TEST_ENV.items():
+def _artifacts_in_suite_bucket(
+    suite_store_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in suite_store_env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("SPECTRAL_ARTIFACT_URL", f"s3://{bucket}/{uuid.uuid4().hex[:12]}")

@@ -22,6 +22,9 @@ from service.settings import Settings
 from tests.support.digits import build_digits_model, digits, digits_npz, keras_bytes, npz_bytes
 from worker.runner import execute_job
 
+# Runs a second time in CI with the artifacts in S3 (scripts/test).
+pytestmark = pytest.mark.artifact_store
+
 
 @pytest.fixture
 def env(tmp_path: Path, model_bytes: bytes) -> tuple[Settings, Registry]:

@@ -14,15 +14,25 @@ import numpy as np
 import pytest
 
 from tests.support.api import RunningApi, launch_api, stop_api
-from tests.support.uploads import artifact_files, lambda_model_bytes, upload, upload_version
+from tests.support.s3 import stored_artifacts
+from tests.support.uploads import lambda_model_bytes, upload, upload_version
+
+# Runs a second time in CI with the artifacts in S3 (scripts/test).
+pytestmark = pytest.mark.artifact_store
 
 MAX_BATCH = 16
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApi]:
+def api(
+    tmp_path_factory: pytest.TempPathFactory, module_store_env: dict[str, str]
+) -> Iterator[RunningApi]:
     server = launch_api(
-        {"SPECTRAL_MAX_BATCH": str(MAX_BATCH), "SPECTRAL_MODEL_CACHE_SIZE": "2"},
+        {
+            **module_store_env,
+            "SPECTRAL_MAX_BATCH": str(MAX_BATCH),
+            "SPECTRAL_MODEL_CACHE_SIZE": "2",
+        },
         tmp_path_factory.mktemp("api"),
     )
     yield server
@@ -183,7 +193,7 @@ def test_default_predict_serves_production_alias_else_latest(
 def test_bad_uploads_are_rejected_and_leave_nothing(
     client: httpx.Client, api: RunningApi, model_bytes: bytes, tmp_path: Path
 ) -> None:
-    before_files = artifact_files(api.data_dir)
+    before_files = stored_artifacts(api)
     before_counts = _db_counts(api.data_dir)
     cases = [
         (lambda_model_bytes(tmp_path), "model.keras", 400, "Lambda"),
@@ -201,7 +211,7 @@ def test_bad_uploads_are_rejected_and_leave_nothing(
         assert ("HDF5" in _error(response)["message"]) == filename.lower().endswith(".h5")
     assert upload(client, "Bad Name", model_bytes).status_code == 422
     assert client.get("/models/bad-upload").status_code == 404
-    assert artifact_files(api.data_dir) == before_files
+    assert stored_artifacts(api) == before_files
     assert _db_counts(api.data_dir) == before_counts
 
 

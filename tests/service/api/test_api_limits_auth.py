@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from tests.support.api import RunningApi
-from tests.support.uploads import artifact_files, upload
+from tests.support.s3 import stored_artifacts
+from tests.support.uploads import upload
 
 TOKEN = "s3cret-token"
 
@@ -28,7 +29,7 @@ def _multipart_chunks(name: str, data: bytes, boundary: str) -> Iterator[bytes]:
 
 
 def _nothing_stored(api: RunningApi) -> None:
-    assert artifact_files(api.data_dir) == []
+    assert stored_artifacts(api) == []
     with sqlite3.connect(api.data_dir / "registry.db") as conn:
         assert conn.execute("SELECT count(*) FROM models").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM model_versions").fetchone()[0] == 0
@@ -48,6 +49,7 @@ def test_oversize_predict_bodies_are_413(
         assert big.json()["error"]["code"] == "payload_too_large"
 
 
+@pytest.mark.artifact_store
 def test_oversize_uploads_are_413_and_leave_nothing(
     start_api: Callable[..., RunningApi], digits_model_path: Path
 ) -> None:
@@ -122,6 +124,7 @@ def test_open_server_needs_no_token(start_api: Callable[..., RunningApi]) -> Non
         assert client.get("/models").json() == {"data": [], "count": 0}
 
 
+@pytest.mark.artifact_store
 def test_api_on_postgresql(
     start_api: Callable[..., RunningApi], postgres_url: str, digits_model_path: Path
 ) -> None:
@@ -142,4 +145,4 @@ def test_api_on_postgresql(
         assert client.get("/jobs", params={"offset": 2**31 - 1}).json()["data"] == []
     # The registry lives in PostgreSQL: no SQLite file was created in the data dir.
     assert not (api.data_dir / "registry.db").exists()
-    assert len(artifact_files(api.data_dir)) == 1
+    assert len(stored_artifacts(api)) == 1
