@@ -12,9 +12,10 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from tests.conftest import POSTGRES_ADMIN_URL
 from tests.support.api import REPO_ROOT, child_env
 
+# The database the bench connects to (its default --postgres), to create and drop its own.
+POSTGRES_ADMIN_URL = "postgresql+psycopg://127.0.0.1:5432/test"
 pytestmark = pytest.mark.timeout(420)
 
 
