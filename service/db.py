@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import fcntl
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import DateTime, Dialect, Engine, TypeDecorator, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from service.settings import Settings
@@ -22,6 +24,10 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # An arbitrary constant: the PostgreSQL advisory lock that serialises concurrent migrations.
 _MIGRATION_LOCK_ID = 0x5EC7_0001
+# Backoff of `Database.transaction` between tries, in seconds (doubling up to the cap).
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.2, 5.0
+
+T = TypeVar("T")
 
 
 class Base(DeclarativeBase):
@@ -77,7 +83,9 @@ def create_engine_from_settings(settings: Settings) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # Pre-ping replaces a pooled connection the server dropped (a restart) before it is used;
+    # the connect timeout turns an unreachable host into an error instead of a hang.
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
 
 
 class Database:
@@ -101,12 +109,41 @@ class Database:
         finally:
             session.close()
 
+    def transaction(self, work: Callable[[Session], T], *, retry_s: float = 0.0) -> T:
+        """``work(session)`` in one transaction, tried again with backoff for up to ``retry_s``
+        seconds when the connection fails (`is_transient_db_error`): a restarted or failed-over
+        database is waited for instead of failing the caller.
+
+        ``work`` must be safe to run again after a rollback: each try is a new transaction, and
+        the conditional UPDATEs of the job state machine are.
+        """
+        deadline = time.monotonic() + retry_s
+        delay = _RETRY_FIRST_S
+        while True:
+            try:
+                with self.session() as session:
+                    return work(session)
+            except Exception as exc:
+                if not is_transient_db_error(exc) or time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("database unreachable (%s); trying again in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or dropped the connection (a
+    restart, a failover, a busy SQLite file), as opposed to a statement it refused."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError)
 
 
 def alembic_config(url: str) -> Config:

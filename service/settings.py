@@ -163,6 +163,46 @@ class Settings(BaseSettings):
     sandbox_wall_s: float = Field(
         default=120.0, gt=0, description="Wall-clock limit of that process, in seconds."
     )
+    # chaos/resilience
+    db_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A worker retries a job transition (claim, progress, finish) whose database "
+        "connection dropped, with backoff, for up to this many seconds; covers a database "
+        "restart or failover.",
+    )
+    job_transient_retries: int = Field(
+        default=5,
+        ge=0,
+        description="How many times a job is re-run in the same attempt, with backoff, after a "
+        "transient fault (artifact store or database unreachable); the attempt is not counted.",
+    )
+    job_transient_backoff_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="First wait before re-running a job after a transient fault, in seconds; "
+        "doubled each time, at most 30 s.",
+    )
+    job_resend_queued_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="The workers send the message of a job queued for longer than this again "
+        "(at most once per this period and worker), in seconds: a message lost with a broker "
+        "restart, or never sent by an API that died after recording the job, is not waited "
+        "for forever. A duplicate message is harmless.",
+    )
+    broker_visibility_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Redis broker: re-deliver an unacknowledged message after this many seconds "
+        "(default: longer than job_time_limit_s). Set small only in tests: a re-delivery of a "
+        "running job is ignored, but costs a message.",
+    )
+    test_crash_after_job_row: bool = Field(
+        default=False,
+        description="TEST ONLY: the API process exits right after recording a job, before "
+        "sending its message (the chaos tests' fault). Never set it in production.",
+    )
 
     @property
     def resolved_database_url(self) -> str:

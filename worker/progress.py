@@ -13,11 +13,12 @@ import time
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session
 
 from service.errors import JobCancelled
 from service.jobs import state
 from service.settings import Settings
-from worker.sessions import job_session
+from worker.sessions import in_transaction, job_session
 from worker.shutdown import JobReleased, release_requested
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,10 @@ class JobProgress:
             raise SoftTimeLimitExceeded(f"{what}: soft time limit reached")
 
     def step(self, fraction: float, message: str) -> None:
-        with job_session(self._settings) as session:
-            cancel = state.record_progress(session, self.job_id, fraction, message)
+        cancel = in_transaction(
+            self._settings,
+            lambda session: state.record_progress(session, self.job_id, fraction, message),
+        )
         if cancel:
             raise JobCancelled(self.job_id)
         self._stop_if_asked(self.job_id)
@@ -83,9 +86,11 @@ class JobProgress:
         self.step(LIBRARY_START + span * max(0.0, min(1.0, fraction)), message)
 
     def check_cancel(self, message: str) -> None:
-        with job_session(self._settings) as session:
+        def beat(session: Session) -> bool:
             state.heartbeat(session, self.job_id)
-            cancel = state.is_cancel_requested(session, self.job_id)
+            return state.is_cancel_requested(session, self.job_id)
+
+        cancel = in_transaction(self._settings, beat)
         if cancel:
             raise JobCancelled(f"{self.job_id} ({message})")
         self._stop_if_asked(f"{self.job_id} ({message})")

@@ -30,7 +30,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 import spectral
 from service.datasets import dataset_store, load_dataset
-from service.errors import JobCancelled, JobInputError
+from service.db import is_transient_db_error
+from service.errors import ArtifactStoreUnavailable, JobCancelled, JobInputError
 from service.jobs import state
 from service.jobs.params import Method, PromoteSpec, PruneParams
 from service.jobs.promotion import PromotionDecision, decide
@@ -44,12 +45,13 @@ from spectral.compiling import compile_model
 from spectral.evaluation import evaluate
 from spectral.search import lower_is_better, pick_metric
 from worker.progress import LIBRARY_END, LIBRARY_START, Heartbeat, JobProgress
-from worker.sessions import database, fail_job, job_session
+from worker.sessions import database, fail_job, in_transaction, job_session
 from worker.shutdown import JobReleased, release_requested
 
 logger = logging.getLogger(__name__)
 
 _LATENCY_REPEATS = 5
+_TRANSIENT_MAX_BACKOFF_S = 30.0
 
 
 def execute_job(job_id: str, settings: Settings, enqueue: Enqueue | None = None) -> None:
@@ -62,8 +64,10 @@ def execute_job(job_id: str, settings: Settings, enqueue: Enqueue | None = None)
         # This worker is shutting down: leave the job queued for the next one, unclaimed.
         _send_again(job_id, settings, enqueue)
         return
-    with job_session(settings) as session:
-        claim = state.claim_job(session, job_id, max_attempts=settings.job_max_attempts)
+    claim = in_transaction(
+        settings,
+        lambda session: state.claim_job(session, job_id, max_attempts=settings.job_max_attempts),
+    )
     if claim is None:
         return
     logger.info(
@@ -76,10 +80,9 @@ def execute_job(job_id: str, settings: Settings, enqueue: Enqueue | None = None)
     )
     try:
         with Heartbeat(settings, job_id):
-            version, report = run_job(claim, settings)
+            version, report = run_retrying(claim, settings)
     except JobCancelled:
-        with job_session(settings) as session:
-            state.mark_cancelled(session, job_id)
+        in_transaction(settings, lambda session: state.mark_cancelled(session, job_id))
         logger.info("job %s cancelled", job_id)
     except JobReleased:
         release(claim, settings, enqueue)
@@ -89,9 +92,48 @@ def execute_job(job_id: str, settings: Settings, enqueue: Enqueue | None = None)
         logger.exception("job %s failed", job_id)
         fail_job(settings, job_id, f"{type(exc).__name__}: {exc}")
     else:
-        with job_session(settings) as session:
-            state.mark_succeeded(session, job_id, result_version=version, report=report)
+        in_transaction(
+            settings,
+            lambda session: state.mark_succeeded(
+                session, job_id, result_version=version, report=report
+            ),
+        )
         logger.info("job %s succeeded: %s v%d", job_id, claim.model_id, version)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A fault of the job's surroundings that may clear by itself: the artifact store or the
+    database could not be reached. Re-running the job then is the same job, not a new attempt."""
+    return isinstance(exc, ArtifactStoreUnavailable) or is_transient_db_error(exc)
+
+
+def run_retrying(claim: state.Claim, settings: Settings) -> tuple[int, dict[str, Any]]:
+    """`run_job`, run again after a transient fault, with backoff, up to
+    ``settings.job_transient_retries`` times; the attempt is not counted again.
+
+    Re-running is safe: saving is idempotent on the job id, so a fault after the new version was
+    recorded gets that version back. The heartbeat goes on meanwhile, so the job keeps its lease.
+    """
+    for retry in range(settings.job_transient_retries + 1):
+        try:
+            return run_job(claim, settings)
+        except Exception as exc:
+            if not is_transient(exc) or retry == settings.job_transient_retries:
+                raise
+            delay = min(settings.job_transient_backoff_s * 2**retry, _TRANSIENT_MAX_BACKOFF_S)
+            logger.warning(
+                "job %s attempt %d: transient fault (%s: %s); running it again in %.1f s "
+                "(retry %d of %d)",
+                claim.job_id,
+                claim.attempt,
+                type(exc).__name__,
+                exc,
+                delay,
+                retry + 1,
+                settings.job_transient_retries,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _send_again(job_id: str, settings: Settings, enqueue: Enqueue | None) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -19,6 +20,8 @@ from service.jobs import state
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _databases: dict[tuple[int, str], Database] = {}
 _lock = threading.Lock()
@@ -52,11 +55,16 @@ def job_session(settings: Settings) -> Iterator[Session]:
         yield session
 
 
+def in_transaction(settings: Settings, work: Callable[[Session], T]) -> T:
+    """``work(session)`` in one transaction, waiting out a dropped database connection (a
+    restart) for up to ``settings.db_retry_s``: a job transition outlives a short outage."""
+    return database(settings).transaction(work, retry_s=settings.db_retry_s)
+
+
 def fail_job(settings: Settings, job_id: str, error: str) -> None:
     """Best effort: mark a job failed, logging (not raising) when even that fails."""
     try:
-        with job_session(settings) as session:
-            if state.mark_failed(session, job_id, error):
-                logger.error("job %s failed: %s", job_id, error)
+        if in_transaction(settings, lambda session: state.mark_failed(session, job_id, error)):
+            logger.error("job %s failed: %s", job_id, error)
     except Exception:
         logger.exception("could not mark job %s failed", job_id)

@@ -54,12 +54,27 @@ class Claim:
 def claim_job(session: Session, job_id: str, *, max_attempts: int) -> Claim | None:
     """queued -> running, counting the attempt; None when the job must not run.
 
-    A job past ``max_attempts`` is failed here instead of started again.
+    A job that already used ``max_attempts`` is failed here instead of started again.
     """
     now = utcnow()
+    queued = (Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+    # A job out of attempts is failed without counting one more: `attempts` counts the
+    # attempts that started.
+    if session.execute(
+        _update()
+        .where(*queued, Job.attempts >= max_attempts)
+        .values(
+            status="failed",
+            finished_at=now,
+            step="failed",
+            error=f"Gave up after {max_attempts} attempts; the worker running it was lost",
+        )
+    ).rowcount:  # type: ignore[attr-defined]
+        logger.warning("job %s failed: out of attempts (%d)", job_id, max_attempts)
+        return None
     claimed = session.execute(
         _update()
-        .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+        .where(*queued)
         .values(
             status="running",
             attempts=Job.attempts + 1,
@@ -74,14 +89,6 @@ def claim_job(session: Session, job_id: str, *, max_attempts: int) -> Claim | No
         return None
     job = get_job(session, job_id)
     session.refresh(job)
-    if job.attempts > max_attempts:
-        _finish(
-            session,
-            job_id,
-            "failed",
-            error=f"Gave up after {max_attempts} attempts; the worker running it was lost",
-        )
-        return None
     return Claim(
         job_id=job.id,
         model_id=job.model_id,
@@ -241,9 +248,13 @@ def recover_jobs(
     return requeued, failed
 
 
-def queued_job_ids(session: Session, queues: Sequence[str] | None = None) -> list[tuple[str, str]]:
-    """``(job_id, queue)`` of every queued job, oldest first."""
+def queued_job_ids(
+    session: Session, queues: Sequence[str] | None = None, *, older_than_s: float | None = None
+) -> list[tuple[str, str]]:
+    """``(job_id, queue)`` of every queued job (created over ``older_than_s`` ago), oldest first."""
     query = select(Job.id, Job.queue).where(Job.status == "queued")
+    if older_than_s is not None:
+        query = query.where(Job.created_at < utcnow() - timedelta(seconds=older_than_s))
     if queues is not None:
         query = query.where(Job.queue.in_(list(queues)))
     return [(row[0], row[1]) for row in session.execute(query.order_by(Job.created_at)).all()]

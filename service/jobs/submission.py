@@ -7,6 +7,7 @@ knows nothing of Celery: the API passes its broker's sender, tests pass a list's
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ def submit_job(
         InvalidInput: ``promote`` without a dataset, with a bad alias or an unknown metric.
         IdempotencyConflict: the key was used with another body.
         BrokerUnavailable: the message could not be sent (the job is then failed).
+
+    A process that dies between recording the job and sending its message leaves the job
+    queued without a message: the workers send it again (``settings.job_resend_queued_s``).
     """
     record = registry.resolve(request.model_id, request.version, request.alias)
     with registry.database.session() as session:
@@ -72,6 +76,10 @@ def submit_job(
             settings=settings,
             idempotency_key=idempotency_key,
         )
+    if new.created and settings.test_crash_after_job_row:
+        # TEST ONLY (the chaos tests): die as a crash would, the row committed, nothing sent.
+        logger.critical("SPECTRAL_TEST_CRASH_AFTER_JOB_ROW: exiting after job %s", new.job.id)
+        os._exit(70)
     if new.created:
         try:
             enqueue(new.job.id, new.job.queue)

@@ -175,3 +175,5 @@ def test_claim_past_max_attempts_fails(db: Database, job_settings: Settings) -> 
         assert state.claim_job(session, job_id, max_attempts=1) is None
         job = get_job(session, job_id)
     assert job.status == "failed" and "Gave up after 1 attempts" in (job.error or "")
+    # The refused claim is not an attempt: one attempt started, one is counted.
+    assert job.attempts == 1
