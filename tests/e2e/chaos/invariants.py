@@ -144,8 +144,8 @@ def violations(snap: Snapshot) -> list[str]:
             found.append(f"version {name} names job {job_id}, which does not exist")
         elif maker["status"] != "succeeded" or maker["result_version"] != version["version"]:
             found.append(
-                f"version {name} was made by job {job_id}, which is {job['status']} with "
-                f"result version {job['result_version']}"
+                f"version {name} was made by job {job_id}, which is {maker['status']} with "
+                f"result version {maker['result_version']}"
             )
 
     referenced = {v["sha256"] for v in snap.versions} | {
