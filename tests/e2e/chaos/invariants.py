@@ -26,7 +26,8 @@ from service.jobs.table import TERMINAL_STATUSES, Job
 from service.settings import Settings
 from service.versions import VersionRow
 
-_STARTED = re.compile(r"job ([0-9a-f]{32}) attempt (\d+): ")
+# The runner's start line, "job <id> attempt <n>: <method> on <model> v<version>".
+_STARTED = re.compile(r"job ([0-9a-f]{32}) attempt (\d+): \w+ on \S+ v\d+")
 _RELEASED = re.compile(
     r"job ([0-9a-f]{32}) (?:attempt \d+ released|released after its pool child was killed)"
 )
