@@ -325,7 +325,11 @@ def new_s3_client(endpoint_url: str | None = None, probe: bool = False) -> Any:
     config = Config(
         # "standard" retries throttling, 5xx and connection errors with backoff, a bounded
         # number of times; past that the caller gets ArtifactStoreUnavailable.
-        retries={"mode": "standard", "max_attempts": 1 if probe else 3},
+        # (botocore's "max_attempts" counts retries; "total_max_attempts" counts the first try
+        # too: a probe makes exactly one.)
+        retries={"mode": "standard", "total_max_attempts": 1}
+        if probe
+        else {"mode": "standard", "max_attempts": 3},
         connect_timeout=PROBE_CONNECT_TIMEOUT_S if probe else 5,
         read_timeout=PROBE_READ_TIMEOUT_S if probe else 60,
         # A custom endpoint (MinIO, a test server) rarely serves bucket subdomains.

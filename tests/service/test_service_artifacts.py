@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 from service.artifacts import (
+    PROBE_READ_TIMEOUT_S,
     ArtifactStoreUnavailable,
     BlobStore,
     LocalStore,
@@ -153,6 +156,50 @@ def test_unreachable_s3_store_is_unavailable_not_an_internal_error(
             assert "s3://" in caught.value.message and "secret" not in caught.value.message
         with pytest.raises(ArtifactStoreUnavailable):
             list(store.shas())
+
+
+def test_check_passes_on_a_usable_store_and_leaves_nothing(case: StoreCase) -> None:
+    case.store.check()
+    case.store.check()
+    assert case.raw_names() == []
+
+
+def test_check_fails_on_a_local_directory_that_cannot_be_written(tmp_path: Path) -> None:
+    fresh = LocalStore(tmp_path / "not" / "yet")
+    fresh.check()  # created, as the first write would
+    assert fresh.root.is_dir()
+    (tmp_path / "file").write_text("a file, not a directory")
+    for root in (tmp_path / "file", tmp_path / "file" / "artifacts"):
+        with pytest.raises(ArtifactStoreUnavailable) as caught:
+            LocalStore(root).check()
+        assert caught.value.code == "artifact_store_unavailable"
+        assert str(root) in caught.value.message
+
+
+def test_s3_check_fails_fast_without_retries(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing_bucket = S3Store("no-such-bucket-here", "p", client=s3_server.client())
+    with pytest.raises(ArtifactStoreUnavailable, match="no-such-bucket-here"):
+        missing_bucket.check()
+    # The default client of a store built from the environment, as in the API: nothing
+    # listens on the endpoint. Three attempts with backoff would take seconds; one is instant.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{find_free_port()}")
+    closed = S3Store("bucket", "p")
+    started = time.monotonic()
+    with pytest.raises(ArtifactStoreUnavailable, match="EndpointConnectionError"):
+        closed.check()
+    assert time.monotonic() - started < 1.0
+    # An endpoint that accepts the connection and never answers (the kernel's backlog): only
+    # the probe's read timeout ends the wait, not the 60 s of the data path, nor its retries.
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{hung.getsockname()[1]}")
+        started = time.monotonic()
+        with pytest.raises(ArtifactStoreUnavailable, match="ReadTimeoutError"):
+            S3Store("bucket", "p").check()
+        assert time.monotonic() - started < PROBE_READ_TIMEOUT_S + 1.5
 
 
 def test_store_for_selects_by_artifact_url(tmp_path: Path) -> None:
