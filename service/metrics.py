@@ -97,6 +97,21 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+        self.predict_forwards = Counter(
+            "spectral_predict_forwards_total",
+            "Forward passes of the predict core by model and version (fewer than requests "
+            "when concurrent requests are batched).",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.predict_batch_rows = Histogram(
+            "spectral_predict_batch_rows",
+            "Rows per forward pass of the predict core (adaptive batching).",
+            ["model", "version"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=self.registry,
+        )
+
     def render(self, *extra: Collector) -> bytes:
         """The Prometheus text of every API process (or of this one alone), plus ``extra``."""
         scrape = CollectorRegistry()

@@ -411,6 +411,19 @@ class Registry:
             ).all()
             return [AliasEvent.from_row(row) for row in rows]
 
+    def serving_generation(self) -> tuple[int, int, int]:
+        """A cheap fingerprint of everything predict resolution reads: it changes whenever a
+        model or version is added or an alias moves (every move writes an alias event)."""
+        with self.database.session() as session:
+            row = session.execute(
+                select(
+                    select(func.count()).select_from(ModelRow).scalar_subquery(),
+                    select(func.count()).select_from(VersionRow).scalar_subquery(),
+                    select(func.coalesce(func.max(AliasEventRow.id), 0)).scalar_subquery(),
+                )
+            ).one()
+            return int(row[0]), int(row[1]), int(row[2])
+
     def alias_version(self, model_id: str, alias: str) -> int | None:
         with self.database.session() as session:
             row = session.get(AliasRow, (model_id, alias))

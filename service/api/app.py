@@ -20,6 +20,7 @@ from service.inference import ModelCache, Predictor
 from service.metrics import ServiceMetrics
 from service.registry import Registry
 from service.serving import PredictCore
+from service.serving.core import ServingRegistry
 from service.settings import Settings
 from service.tokens import TokenTable
 
@@ -65,7 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tokens = TokenTable.load(settings.tokens_file)
     upgrade_database(settings)
     database = Database(settings)
-    registry = Registry.from_settings(settings, database)
+    # Tells the predict core of this process's own writes, so it never serves them stale.
+    registry: Registry = ServingRegistry.from_settings(settings, database)
     metrics = ServiceMetrics()
     broker = JobBroker(settings)
 
@@ -87,7 +89,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiters = RateLimiters.from_settings(settings)
     app.state.model_cache = ModelCache(registry.load_keras_model, settings.model_cache_size)
     app.state.predictor = Predictor(app.state.model_cache, settings.max_batch, metrics)
-    app.state.predict_core = PredictCore(registry, app.state.predictor)
+    app.state.predict_core = PredictCore(
+        registry,
+        app.state.predictor,
+        max_rows=settings.batch_max_rows,
+        max_delay_ms=settings.batch_max_delay_ms,
+        refresh_s=settings.serving_refresh_s,
+        capacity=settings.model_cache_size,
+    )
     app.state.readiness_checks = [
         ("database", database.ping),
         ("broker", broker.check),

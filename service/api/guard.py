@@ -9,7 +9,13 @@ token's scope over the path's ``model_id``, rate limits. Every router is covered
 writes it, as long as its routes depend on `require_read`/`require_write`.
 
 Then, for a JSON body, it reads the body (up to ``max_request_bytes``) and checks its depth and
-numbers (`service.api.limits.check_json_limits`) before FastAPI parses it.
+numbers (`service.api.limits.check_json_limits`) before FastAPI parses it. A body in the Open
+Inference Protocol's binary extension (header ``Inference-Header-Content-Length: N``, any
+content type) is N bytes of JSON followed by raw tensor bytes: only those N bytes are checked,
+and an N that is not a number within the body is refused with 400.
+
+Route matches are cached per (method, path) in a bounded dict, so the route list is scanned
+once per distinct URL rather than once per request.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.deps import ACCESS_OF_DEPENDENCY, authorize
 from service.api.errors import error_response
 from service.api.limits import check_json_limits, too_large
-from service.errors import SpectralError
+from service.errors import InvalidJSON, SpectralError
 from service.settings import Settings
 from service.tokens import Access
 
@@ -58,12 +64,34 @@ def api_route_contexts(app: FastAPI) -> list[tuple[RouteContext, APIRoute]]:
     ]
 
 
-def _is_json(scope: Scope) -> bool:
+_MATCH_CACHE_SIZE = 4096
+_BINARY_HEADER = b"inference-header-content-length"
+
+
+def _json_prefix(scope: Scope) -> tuple[bool, int | None]:
+    """Whether the body needs the JSON checks, and how many leading bytes of it are JSON
+    (None: all of it; set by the V2 binary extension's header)."""
+    is_json = False
+    prefix: int | None = None
     for name, value in scope["headers"]:
         if name == b"content-type":
             media = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or media.endswith(b"+json")
-    return False
+            is_json = is_json or media == b"application/json" or media.endswith(b"+json")
+        elif name == _BINARY_HEADER:
+            text = value.strip()
+            if not text.isdigit() or len(text) > 12:
+                raise InvalidJSON(
+                    "Inference-Header-Content-Length must be a non-negative byte count",
+                    details={"received": value.decode("latin-1")[:40]},
+                )
+            prefix = int(text)
+            is_json = True
+    return is_json, prefix
+
+
+def _takes_body(route: APIRoute) -> bool:
+    extra = route.openapi_extra or {}
+    return route.body_field is not None or "requestBody" in extra
 
 
 class RequestGuard:
@@ -71,8 +99,20 @@ class RequestGuard:
         self.app = app
         self._levels: dict[int, AccessLevel | None] = {}
         self._routes: list[tuple[RouteContext, APIRoute]] | None = None
+        self._matches: dict[tuple[str, str], tuple[APIRoute | None, Mapping[str, Any]]] = {}
 
     def _match(self, scope: Scope) -> tuple[APIRoute | None, Mapping[str, Any]]:
+        key = (scope["method"], scope["path"])
+        found = self._matches.get(key)
+        if found is None:
+            found = self._scan(scope)
+            if len(self._matches) >= _MATCH_CACHE_SIZE:
+                # Arbitrary paths (a scan of the URL space) must not grow it without bound.
+                self._matches.clear()
+            self._matches[key] = found
+        return found
+
+    def _scan(self, scope: Scope) -> tuple[APIRoute | None, Mapping[str, Any]]:
         if self._routes is None:
             # Routes are fixed once the app serves; FastAPI includes routers lazily, so the
             # effective (prefixed) routes are listed through their contexts.
@@ -101,15 +141,19 @@ class RequestGuard:
                 # the route (its tags say whether predict limits apply).
                 request = Request({**scope, **child}, receive)
                 scope.setdefault("state", {})["principal"] = authorize(request, level)
-            if _is_json(scope) and route.body_field is not None:
-                receive = await self._checked_json(scope, receive, settings)
+            if _takes_body(route):
+                is_json, prefix = _json_prefix(scope)
+                if is_json:
+                    receive = await self._checked_json(scope, receive, settings, prefix)
         except SpectralError as exc:
             await error_response(exc)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
     @staticmethod
-    async def _checked_json(scope: Scope, receive: Receive, settings: Settings) -> Receive:
+    async def _checked_json(
+        scope: Scope, receive: Receive, settings: Settings, prefix: int | None = None
+    ) -> Receive:
         """Reads the whole JSON body within the request limit, checks it, and returns a
         ``receive`` that replays it."""
         limit = settings.max_request_bytes
@@ -130,8 +174,13 @@ class RequestGuard:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        if prefix is not None and prefix > len(body):
+            raise InvalidJSON(
+                f"Inference-Header-Content-Length is {prefix}, but the body has {len(body)} bytes",
+                details={"header_length": prefix, "body_length": len(body)},
+            )
         check_json_limits(
-            body,
+            body if prefix is None else body[:prefix],
             max_depth=settings.max_json_depth,
             max_number_chars=settings.max_json_number_chars,
         )

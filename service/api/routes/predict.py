@@ -1,20 +1,28 @@
 """Predictions: POST (JSON body) and GET (URL-encoded JSON), on the default or a pinned version.
 
 ``/models/{id}/predict`` serves the version aliased ``production`` if there is one, else the
-latest version; ``/models/{id}/versions/{v}/predict`` serves version ``v``.
+latest version; ``/models/{id}/versions/{v}/predict`` serves version ``v``. Both go through the
+predict core (`service.serving`): resolution from memory, folded forward, adaptive batching.
+The body is decoded and the response encoded with orjson, outside pydantic: the schemas below
+document them in OpenAPI.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from service.api.deps import PredictorDep, RegistryDep, SettingsDep, require_read
+from service.api.deps import require_read
 from service.api.limits import body_limit, load_json_limited
 from service.api.params import VersionPath
 from service.api.schemas import PredictRequest, PredictResponse
-from service.settings import Settings
+from service.errors import InvalidInput
+from service.inference import validate_inputs
+from service.serving import PredictCore
+from service.versions import VersionRecord
 
 router = APIRouter(
     prefix="/models",
@@ -23,59 +31,87 @@ router = APIRouter(
     route_class=body_limit("max_request_bytes"),
 )
 
-DEFAULT_ALIAS = "production"
-
 InputsQuery = Annotated[
     str, Query(description="URL-encoded JSON of the inputs, e.g. [[0.0, 1.0, ...]]")
 ]
 
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictRequest.model_json_schema()}},
+    }
+}
 
-def _parse_query(inputs: str, settings: Settings) -> Any:
-    return load_json_limited(inputs, settings, "Query parameter 'inputs'")
+
+def _decode_body(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses NaN and Infinity; the stdlib parses them, so that the inputs check can
+    # say they are not finite.
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise InvalidInput(f"Request body is not valid JSON: {exc}") from exc
 
 
-@router.post("/{model_id}/predict", response_model=PredictResponse)
-def predict_post(
-    model_id: str, body: PredictRequest, registry: RegistryDep, predictor: PredictorDep
-) -> PredictResponse:
-    record = registry.resolve_serving(model_id, DEFAULT_ALIAS)
-    outputs = predictor.predict(record, body.inputs)
-    return PredictResponse(model_id=model_id, version=record.version, outputs=outputs)
+def _inputs_of(payload: Any) -> Any:
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise InvalidInput("Request body needs an object with 'inputs', e.g. {\"inputs\": [[...]]}")
+    return payload["inputs"]
+
+
+async def _serve(request: Request, record: VersionRecord, inputs: Any) -> Response:
+    core: PredictCore = request.app.state.predict_core
+    arrays = validate_inputs(inputs, record.metadata["inputs"], core.predictor.max_batch)
+    prediction = await core.predict(record, arrays)
+    outputs: Any
+    if len(prediction.outputs) == 1:
+        outputs = prediction.outputs[0]
+    else:
+        names = prediction.model_output_names or [
+            f"output_{i}" for i in range(len(prediction.outputs))
+        ]
+        outputs = dict(zip(names, prediction.outputs, strict=False))
+    content = orjson.dumps(
+        {"model_id": prediction.model_id, "version": prediction.version, "outputs": outputs},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    return Response(content, media_type="application/json")
+
+
+def _query_inputs(request: Request, inputs: str) -> Any:
+    return load_json_limited(inputs, request.app.state.settings, "Query parameter 'inputs'")
+
+
+@router.post("/{model_id}/predict", response_model=PredictResponse, openapi_extra=_BODY)
+async def predict_post(model_id: str, request: Request) -> Response:
+    core: PredictCore = request.app.state.predict_core
+    record = await core.resolve_async(model_id)
+    return await _serve(request, record, _inputs_of(_decode_body(await request.body())))
 
 
 @router.get("/{model_id}/predict", response_model=PredictResponse)
-def predict_get(
-    model_id: str,
-    inputs: InputsQuery,
-    registry: RegistryDep,
-    predictor: PredictorDep,
-    settings: SettingsDep,
-) -> PredictResponse:
-    record = registry.resolve_serving(model_id, DEFAULT_ALIAS)
-    outputs = predictor.predict(record, _parse_query(inputs, settings))
-    return PredictResponse(model_id=model_id, version=record.version, outputs=outputs)
+async def predict_get(model_id: str, inputs: InputsQuery, request: Request) -> Response:
+    core: PredictCore = request.app.state.predict_core
+    record = await core.resolve_async(model_id)
+    return await _serve(request, record, _query_inputs(request, inputs))
 
 
-@router.post("/{model_id}/versions/{version}/predict", response_model=PredictResponse)
-def predict_version_post(
-    model_id: str,
-    version: VersionPath,
-    body: PredictRequest,
-    registry: RegistryDep,
-    predictor: PredictorDep,
-) -> PredictResponse:
-    outputs = predictor.predict(registry.resolve(model_id, version), body.inputs)
-    return PredictResponse(model_id=model_id, version=version, outputs=outputs)
+@router.post(
+    "/{model_id}/versions/{version}/predict", response_model=PredictResponse, openapi_extra=_BODY
+)
+async def predict_version_post(model_id: str, version: VersionPath, request: Request) -> Response:
+    core: PredictCore = request.app.state.predict_core
+    record = await core.resolve_async(model_id, version=version)
+    return await _serve(request, record, _inputs_of(_decode_body(await request.body())))
 
 
 @router.get("/{model_id}/versions/{version}/predict", response_model=PredictResponse)
-def predict_version_get(
-    model_id: str,
-    version: VersionPath,
-    inputs: InputsQuery,
-    registry: RegistryDep,
-    predictor: PredictorDep,
-    settings: SettingsDep,
-) -> PredictResponse:
-    outputs = predictor.predict(registry.resolve(model_id, version), _parse_query(inputs, settings))
-    return PredictResponse(model_id=model_id, version=version, outputs=outputs)
+async def predict_version_get(
+    model_id: str, version: VersionPath, inputs: InputsQuery, request: Request
+) -> Response:
+    core: PredictCore = request.app.state.predict_core
+    record = await core.resolve_async(model_id, version=version)
+    return await _serve(request, record, _query_inputs(request, inputs))
