@@ -17,11 +17,28 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
+from service.api.errors import is_protocol_path
 from service.api.guard import api_route_contexts, route_access
-from service.api.schemas import ErrorBody
+from service.api.schemas import (
+    ErrorBody,
+    ProtocolErrorBody,
+    TFServingPredictRequest,
+    TFServingPredictResponse,
+    V2InferenceRequest,
+    V2InferenceResponse,
+)
 from service.settings import Settings
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+PROTOCOL_ERROR_REF = {"$ref": "#/components/schemas/ProtocolErrorBody"}
+# Bodies the V2 and TF Serving routes parse themselves (orjson) and reference by name.
+PROTOCOL_SCHEMAS = [
+    ProtocolErrorBody,
+    V2InferenceRequest,
+    V2InferenceResponse,
+    TFServingPredictRequest,
+    TFServingPredictResponse,
+]
 
 # What each status means here, as the document says it.
 MEANINGS = {
@@ -106,10 +123,10 @@ def error_statuses(
     return statuses
 
 
-def _error_response(status: int) -> dict[str, Any]:
+def _error_response(status: int, protocol: bool = False) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": MEANINGS[status],
-        "content": {"application/json": {"schema": ERROR_REF}},
+        "content": {"application/json": {"schema": PROTOCOL_ERROR_REF if protocol else ERROR_REF}},
     }
     if status == 401:
         response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
@@ -152,6 +169,10 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     error_schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(error_schema.pop("$defs", {}))
     components["ErrorBody"] = error_schema
+    for model in PROTOCOL_SCHEMAS:
+        model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(model_schema.pop("$defs", {}))
+        components[model.__name__] = model_schema
     auth = AuthModel.of(app)
     for context, route in api_route_contexts(app):
         if not route.include_in_schema:
@@ -162,8 +183,14 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 # A token is accepted (and scopes a token's view) but not required here.
                 operation["security"] = [{}, *operation["security"]]
             responses = operation.setdefault("responses", {})
-            for status in sorted(error_statuses(route, method, operation, auth)):
-                responses[str(status)] = _error_response(status)
+            statuses = error_statuses(route, method, operation, auth)
+            protocol = is_protocol_path(context.path_format)
+            if protocol and 422 in statuses:
+                # The serving protocols answer 400 where the native API answers 422.
+                statuses = (statuses - {422}) | {400}
+                responses.pop("422", None)
+            for status in sorted(statuses):
+                responses[str(status)] = _error_response(status, protocol)
     schema["paths"]["/readyz"]["get"]["responses"]["503"] = _readiness_failure()
     # FastAPI's validation-error shapes are no longer referenced: every 422 is an ErrorBody.
     for name in ("HTTPValidationError", "ValidationError"):

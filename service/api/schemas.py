@@ -302,3 +302,109 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+# -- serving protocols: Open Inference V2 and TF Serving (documented here; the routes parse
+# their bodies with orjson, see service/api/protocols) ---------------------------------------
+
+
+class ProtocolErrorBody(BaseModel):
+    """The error body of the V2 and TF Serving routes (``/v2``, ``/v1``)."""
+
+    error: str
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(description="FP32, FP64, FP16, INT8..64, UINT8..64 or BOOL.")
+    shape: list[int] = Field(description="-1 for a dimension of any size (the batch).")
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2RequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="binary_data_size: the tensor's bytes follow the JSON."
+    )
+    data: list[Any] | None = Field(default=None, description="Row-major, flat or nested.")
+
+
+class V2RequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="binary_data: true returns this output as raw bytes."
+    )
+
+
+class V2InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="binary_data_output: true returns every output as raw bytes."
+    )
+    inputs: list[V2RequestInput]
+    outputs: list[V2RequestOutput] | None = None
+
+
+class V2ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class V2InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2ResponseOutput]
+
+
+class TFServingPredictRequest(BaseModel):
+    signature_name: str | None = Field(default=None, description="Only 'serving_default'.")
+    instances: list[Any] | None = Field(
+        default=None, description="Row format: one item per batch row (objects by input name)."
+    )
+    inputs: Any = Field(
+        default=None, description="Columnar format: the batch, or an object by input name."
+    )
+
+
+class TFServingPredictResponse(BaseModel):
+    predictions: list[Any] | None = None
+    outputs: Any = None
+
+
+class TFServingStatus(BaseModel):
+    error_code: str
+    error_message: str
+
+
+class TFServingVersionStatus(BaseModel):
+    version: str
+    state: str
+    status: TFServingStatus
+
+
+class TFServingModelStatus(BaseModel):
+    model_version_status: list[TFServingVersionStatus]
+
+
+class TFServingMetadata(BaseModel):
+    model_spec: dict[str, Any]
+    metadata: dict[str, Any]
