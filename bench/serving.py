@@ -50,7 +50,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,10 +116,11 @@ class Server:
 
 
 @contextmanager
-def _server(
+def _started(
     command: list[str], port: int, ready_path: str, env: dict[str, str], log_path: Path
-) -> Iterator[Server]:
-    """Starts ``command`` in its own process group and waits until ``ready_path`` answers 200."""
+) -> Iterator[Callable[[], Server]]:
+    """Starts ``command`` in its own process group; yields a function that waits until
+    ``ready_path`` answers 200 (so that other work can overlap the start-up)."""
     child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -131,18 +132,21 @@ def _server(
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
-    try:
+
+    def ready() -> Server:
         deadline = time.monotonic() + 180
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{command} did not start:\n{log_path.read_text()[-3000:]}")
             try:
                 if httpx.get(url + ready_path, timeout=2).status_code == 200:
-                    break
+                    return Server(url, port, process.pid, " ".join(command))
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        yield Server(url, port, process.pid, " ".join(command))
+
+    try:
+        yield ready
     finally:
         # The group: MLServer may have started helper processes of its own.
         try:
@@ -153,6 +157,14 @@ def _server(
             process.wait(timeout=10)
         except ProcessLookupError:
             pass
+
+
+@contextmanager
+def _server(
+    command: list[str], port: int, ready_path: str, env: dict[str, str], log_path: Path
+) -> Iterator[Server]:
+    with _started(command, port, ready_path, env, log_path) as ready:
+        yield ready()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -206,7 +218,8 @@ async def _drive(
     end_at: float,
 ) -> dict[str, Any]:
     latencies: list[float] = []
-    state: dict[str, Any] = {"errors": 0, "sent": 0, "error_sample": None}
+    state: dict[str, Any] = {"errors": 0, "sent": 0}
+    kinds: dict[str, int] = {}
     clock = time.monotonic
 
     async def connection(index: int) -> None:
@@ -218,11 +231,11 @@ async def _drive(
                 break
             writer.write(requests[i % len(requests)])
             i += 1
+            kind = ""
             try:
                 status = await _read_response(reader)
             except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
-                status = -1
-                state["error_sample"] = repr(exc)[:300]
+                status, kind = -1, repr(exc)[:200]
                 writer.close()
                 reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
             done = clock()
@@ -232,13 +245,13 @@ async def _drive(
                     latencies.append(done - began)
                 else:
                     state["errors"] += 1
-                    if status != -1:
-                        state["error_sample"] = f"HTTP {status}"
+                    kind = kind if status == -1 else f"HTTP {status}"
+                    kinds[kind] = kinds.get(kind, 0) + 1
         writer.close()
 
     tasks = [connection(i) for i in range(connections)]
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=end_at - clock() + 300)
-    return {"latencies": latencies, **state}
+    return {"latencies": latencies, "error_kinds": kinds, **state}
 
 
 def client_job(
@@ -254,7 +267,7 @@ def client_job(
     Latencies count requests that complete inside ``[start_at, end_at)`` (``time.monotonic`` is
     one clock for every process on Linux); the ones before are the warm-up.
     """
-    cpu = time.process_time()
+    cpu, started = time.process_time(), time.monotonic()
     try:
         import uvloop
 
@@ -262,12 +275,19 @@ def client_job(
     except ImportError:
         result = asyncio.run(_drive(port, requests, connections, offset, start_at, end_at))
     result["cpu_s"] = time.process_time() - cpu
+    result["started"] = started
     return result
 
 
 def _warm_worker() -> int:
-    time.sleep(0.5)
+    time.sleep(0.5)  # long enough that every submitted call lands in its own process
     return os.getpid()
+
+
+def warm_pool(pool: ProcessPoolExecutor, workers: int) -> None:
+    """Starts every worker process of ``pool`` (spawned on demand otherwise, mid-measurement)."""
+    for future in [pool.submit(_warm_worker) for _ in range(workers)]:
+        future.result()
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -456,9 +476,16 @@ def _measure(
     time.sleep(max(0.0, end_at - time.monotonic()))
     cpu_end = _cpu_seconds(server.pid)
     parts = [f.result(timeout=plan.duration_s + 400) for f in futures]
+    if max(p["started"] for p in parts) > start_at - 0.1 * plan.warmup_s:
+        # The window would have measured fewer clients than asked for (a cold process pool).
+        raise RuntimeError("a client process started after the warm-up: warm the pool first")
     latencies = np.asarray([x for p in parts for x in p["latencies"]]) * 1000
     done = len(latencies)
     errors = sum(p["errors"] for p in parts)
+    kinds: dict[str, int] = {}
+    for part in parts:
+        for kind, count in part["error_kinds"].items():
+            kinds[kind] = kinds.get(kind, 0) + count
     sent = sum(p["sent"] for p in parts)
     row: dict[str, Any] = {
         "endpoint": endpoint.name,
@@ -468,7 +495,7 @@ def _measure(
         "batch": endpoint.rows,
         "requests": done,
         "errors": errors,
-        "error_sample": next((p["error_sample"] for p in parts if p["error_sample"]), None),
+        "error_kinds": kinds,
         "p50_ms": float(np.percentile(latencies, 50)) if done else None,
         "p99_ms": float(np.percentile(latencies, 99)) if done else None,
         "throughput_rps": done / plan.duration_s,
@@ -817,6 +844,54 @@ def _parse() -> argparse.Namespace:
     return args
 
 
+def _service_rows(
+    plan: LoadPlan,
+    server: Server,
+    args: argparse.Namespace,
+    digits: Any,
+    wide: Any,
+    singles: list[np.ndarray],
+    digit_batches: list[np.ndarray],
+    wide_batches: list[np.ndarray],
+) -> list[dict[str, Any]]:
+    """Our server: batch 1 per protocol and the empty endpoint, batch 256 per format and model,
+    and (full runs) the client check."""
+    in_name, out_name = _v2_names(server.url, "digits")
+    empty = _empty()
+    if _check(server, empty, None) is not None:
+        # Before the V2 front end exists, /healthz stands in, and says so.
+        empty = Endpoint("empty endpoint (/healthz)", "GET", "/healthz")
+    endpoints = [
+        empty,
+        _native("digits", singles),
+        _v2_json("digits", singles, in_name, "V2 JSON"),
+        _v2_binary("digits", singles, in_name, out_name),
+        _tf_serving("digits", singles),
+    ]
+    rows: list[dict[str, Any]] = []
+    for clients in args.concurrency:
+        rows += _run_rows(plan, server, endpoints, [clients], digits)
+    for model_name, model, batches in (
+        ("digits", digits, digit_batches),
+        ("wide", wide, wide_batches),
+    ):
+        names = _v2_names(server.url, model_name)
+        formats = [
+            _native(model_name, batches),
+            _v2_json(model_name, batches, names[0], "V2 JSON"),
+            _v2_binary(model_name, batches, *names),
+            _tf_serving(model_name, batches),
+        ]
+        rows += _run_rows(plan, server, formats, [args.batch_clients], model, model=model_name)
+    if not args.quick:
+        for processes in (1, 2, 4):
+            row = _measure(plan, server, empty, max(args.concurrency), processes)
+            rows.append({**row, "client_check": True})
+    for row in rows:
+        row.setdefault("server", "spectral api")
+    return rows
+
+
 def main() -> None:
     from bench.bench_output import configure_logging, environment, write_results
 
@@ -831,71 +906,39 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp_name,
         ProcessPoolExecutor(workers, mp_context=_spawn()) as pool,
     ):
-        for future in [pool.submit(_warm_worker) for _ in range(workers)]:
-            future.result()
-        plan = LoadPlan(pool, args.client_processes, args.warmup, args.duration)
         tmp = Path(tmp_name)
-        digits_path, wide_path = tmp / "digits.keras", tmp / "wide.keras"
-        digits, x, accuracy = _train_digits(digits_path, args.epochs)
-        wide, wide_x = _wide_model(wide_path)
-        logger.info("digits model: train accuracy %.3f", accuracy)
-        singles = [x[i : i + 1] for i in range(0, len(x), max(1, len(x) // 64))][:64]
-        digit_batches = [x[:BATCH_ROWS], x[BATCH_ROWS : 2 * BATCH_ROWS]]
-        wide_batches = [wide_x[:BATCH_ROWS], wide_x[BATCH_ROWS:]]
-
-        port = _free_port()
+        port, naive_port = _free_port(), _free_port()
         env = {"SPECTRAL_DATA_DIR": str(tmp / "data"), "PYTHONPATH": str(REPO_ROOT)}
-        command = [*service_command, str(port)]
-        with _server(command, port, "/healthz", env, tmp / "service.log") as server:
-            server.command = "spectral api"
-            _upload(server.url, "digits", digits_path)
-            _upload(server.url, "wide", wide_path)
-            in_name, out_name = _v2_names(server.url, "digits")
-            empty = _empty()
-            if _check(server, empty, None) is not None:
-                # Before the V2 front end exists, /healthz stands in, and says so.
-                empty = Endpoint("empty endpoint (/healthz)", "GET", "/healthz")
-            endpoints = [
-                empty,
-                _native("digits", singles),
-                _v2_json("digits", singles, in_name, "V2 JSON"),
-                _v2_binary("digits", singles, in_name, out_name),
-                _tf_serving("digits", singles),
-            ]
-            for clients in args.concurrency:
-                for endpoint in endpoints:
-                    reason = _check(server, endpoint, digits)
-                    if reason is not None:
-                        results["service"].append(_unavailable(endpoint, clients, reason))
-                    else:
-                        results["service"].append(_measure(plan, server, endpoint, clients))
-            for model_name, model, batches in (
-                ("digits", digits, digit_batches),
-                ("wide", wide, wide_batches),
-            ):
-                names = _v2_names(server.url, model_name)
-                formats = [
-                    _native(model_name, batches),
-                    _v2_json(model_name, batches, names[0], "V2 JSON"),
-                    _v2_binary(model_name, batches, *names),
-                    _tf_serving(model_name, batches),
-                ]
-                results["service"] += _run_rows(
-                    plan, server, formats, [args.batch_clients], model, model=model_name
-                )
-            if not args.quick:
-                for processes in (1, 2, 4):
-                    row = _measure(plan, server, empty, top, processes)
-                    results["service"].append({**row, "client_check": True})
-        for row in results["service"]:
-            row.setdefault("server", "spectral api")
-
-        naive_port = _free_port()
+        digits_path, wide_path = tmp / "digits.keras", tmp / "wide.keras"
         naive_command = [sys.executable, "-m", "uvicorn", "bench.serving:naive_app", "--factory"]
         naive_command += ["--port", str(naive_port), "--log-level", "warning"]
         naive_env = {"NAIVE_MODEL_PATH": str(digits_path), "PYTHONPATH": str(REPO_ROOT)}
-        with _server(naive_command, naive_port, "/docs", naive_env, tmp / "naive.log") as naive:
+        with ExitStack() as servers:
+            # Start-ups overlap the training; both servers are up and idle before any row.
+            service_ready = servers.enter_context(
+                _started([*service_command, str(port)], port, "/healthz", env, tmp / "api.log")
+            )
+            warm_pool(pool, workers)
+            plan = LoadPlan(pool, args.client_processes, args.warmup, args.duration)
+            digits, x, accuracy = _train_digits(digits_path, args.epochs)
+            wide, wide_x = _wide_model(wide_path)
+            logger.info("digits model: train accuracy %.3f", accuracy)
+            naive_ready = servers.enter_context(
+                _started(naive_command, naive_port, "/docs", naive_env, tmp / "naive.log")
+            )
+            singles = [x[i : i + 1] for i in range(0, len(x), max(1, len(x) // 64))][:64]
+            digit_batches = [x[:BATCH_ROWS], x[BATCH_ROWS : 2 * BATCH_ROWS]]
+            wide_batches = [wide_x[:BATCH_ROWS], wide_x[BATCH_ROWS:]]
+            server = service_ready()
+            server.command = "spectral api"
+            _upload(server.url, "digits", digits_path)
+            _upload(server.url, "wide", wide_path)
+            naive = naive_ready()
             naive.command = "naive"
+            in_name = _v2_names(server.url, "digits")[0]
+            results["service"] = _service_rows(
+                plan, server, args, digits, wide, singles, digit_batches, wide_batches
+            )
             results["naive"] = _run_rows(
                 plan, naive, [_naive(singles)], args.concurrency, digits, server="naive"
             )
@@ -923,6 +966,7 @@ def main() -> None:
             "batch_rows": BATCH_ROWS,
             "epochs": args.epochs,
             "service_command": "spectral api --port PORT (python -m service.cli api)",
+            "service_env": {k: v for k, v in os.environ.items() if k.startswith("SPECTRAL_")},
             "client": "closed-loop keep-alive HTTP/1.1 connections, asyncio + uvloop in "
             f"{args.client_processes} processes, requests encoded beforehand",
         },
