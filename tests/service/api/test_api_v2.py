@@ -115,7 +115,9 @@ def test_json_request_echoes_id_and_accepts_nested_data(served: Served) -> None:
         "id": "req-7",
         "inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": x.tolist()}],
     }
-    response = httpx.post(f"{served.api}/v2/models/{DIGITS}/versions/2/infer", json=body)
+    response = httpx.post(
+        f"{served.api}/v2/models/{DIGITS}/versions/2/infer", json=body, timeout=60
+    )
     assert response.status_code == 200, response.text
     answer = response.json()
     assert (answer["id"], answer["model_name"], answer["model_version"]) == ("req-7", DIGITS, "2")
@@ -188,7 +190,9 @@ def test_hostile_requests_are_4xx_in_the_protocol_shape(served: Served, case: st
 
 
 def test_errors_keep_the_native_wording_and_statuses(served: Served) -> None:
-    missing = httpx.post(f"{served.api}/v2/models/nope/infer", json={"inputs": [_tensor()]})
+    missing = httpx.post(
+        f"{served.api}/v2/models/nope/infer", json={"inputs": [_tensor()]}, timeout=60
+    )
     assert (missing.status_code, missing.json()) == (404, {"error": "No model named 'nope'"})
     shape = httpx.post(
         f"{served.api}/v2/models/{DIGITS}/infer",
@@ -196,17 +200,17 @@ def test_errors_keep_the_native_wording_and_statuses(served: Served) -> None:
     )
     assert shape.status_code == 400
     assert shape.json()["error"] == "inputs['pixels']: expected shape [-1, 64], got [1, 32]"
-    alias = httpx.get(f"{served.api}/v2/models/{DIGITS}/versions/production")
+    alias = httpx.get(f"{served.api}/v2/models/{DIGITS}/versions/production", timeout=60)
     assert alias.status_code == 400 and "version" in alias.json()["error"]
-    unrouted = httpx.get(f"{served.api}/v2/nothing-here")
+    unrouted = httpx.get(f"{served.api}/v2/nothing-here", timeout=60)
     assert unrouted.status_code == 404 and set(unrouted.json()) == {"error"}
     # The native API keeps its own shape.
-    native = httpx.get(f"{served.api}/models/nope")
+    native = httpx.get(f"{served.api}/models/nope", timeout=60)
     assert native.json()["error"]["code"] == "model_not_found"
 
 
 def test_openapi_documents_the_v2_routes(served: Served) -> None:
-    spec = httpx.get(f"{served.api}/openapi.json").json()
+    spec = httpx.get(f"{served.api}/openapi.json", timeout=60).json()
     infer = spec["paths"]["/v2/models/{model_id}/infer"]["post"]
     assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
     assert "422" not in infer["responses"]
@@ -231,23 +235,29 @@ def test_scoped_tokens_see_only_their_models(tmp_path: Path, model_bytes: bytes)
 
     api = launch_api(env, tmp_path)
     try:
-        with httpx.Client(base_url=api, headers={"Authorization": "Bearer admin"}) as admin:
+        with httpx.Client(
+            base_url=api, headers={"Authorization": "Bearer admin"}, timeout=120
+        ) as admin:
             for name in ("mine-a", "secret"):
                 assert upload(admin, name, model_bytes).status_code == 201
         scoped = {"Authorization": f"Bearer {token}"}
         body = orjson.dumps({"inputs": [_tensor()]})
-        ok = httpx.post(f"{api}/v2/models/mine-a/infer", content=body, headers=scoped)
+        ok = httpx.post(f"{api}/v2/models/mine-a/infer", content=body, headers=scoped, timeout=60)
         assert ok.status_code == 200, ok.text
         for path in ("/v2/models/{}", "/v2/models/{}/ready", "/v1/models/{}/metadata"):
-            hidden = httpx.get(api + path.format("secret"), headers=scoped)
-            missing = httpx.get(api + path.format("absent"), headers=scoped)
+            hidden = httpx.get(api + path.format("secret"), headers=scoped, timeout=60)
+            missing = httpx.get(api + path.format("absent"), headers=scoped, timeout=60)
             assert hidden.status_code == 404
             assert hidden.content == missing.content.replace(b"absent", b"secret")
-        hidden = httpx.post(f"{api}/v2/models/secret/infer", content=body, headers=scoped)
+        hidden = httpx.post(
+            f"{api}/v2/models/secret/infer", content=body, headers=scoped, timeout=60
+        )
         assert hidden.json() == {"error": "No model named 'secret'"}
-        anonymous = httpx.post(f"{api}/v2/models/mine-a/infer", content=body)
+        anonymous = httpx.post(f"{api}/v2/models/mine-a/infer", content=body, timeout=60)
         assert anonymous.status_code == 401
         assert set(anonymous.json()) == {"error"} and anonymous.headers["www-authenticate"]
-        assert httpx.get(f"{api}/models/absent").json()["error"]["code"] == "unauthorized"
+        assert (
+            httpx.get(f"{api}/models/absent", timeout=60).json()["error"]["code"] == "unauthorized"
+        )
     finally:
         stop_api(api)
