@@ -5,6 +5,6 @@ Front ends (``service/api/routes/``) decode their wire format into numpy arrays,
 and the loaded models live here, once.
 """
 
-from service.serving.core import Prediction, PredictCore, ServingSignature, TensorSpec
+from service.serving.core import PredictCore, Prediction, ServingSignature, TensorSpec
 
 __all__ = ["PredictCore", "Prediction", "ServingSignature", "TensorSpec"]

@@ -189,7 +189,9 @@ class PredictCore:
         # Per default/alias selector: the last version that loaded, served while a newer one
         # fails to load.
         self._last_good: dict[tuple[str, str | None], VersionRecord] = {}
-        self._selector_of: dict[tuple[str, int], tuple[str, str | None]] = {}
+        # Records resolved by default/alias (by identity: the same version asked for by number
+        # is another object, and gets no fallback), holding a reference so the id stays theirs.
+        self._selector_of: dict[int, tuple[VersionRecord, tuple[str, str | None]]] = {}
         self._signatures: dict[tuple[str, int, str], ServingSignature] = {}
         if isinstance(registry, ServingRegistry):
             if not hasattr(registry, "listeners"):
@@ -232,10 +234,11 @@ class PredictCore:
                 record = self.registry.resolve(model_id, version=version, alias=alias)
             with self._lock:
                 self._resolved[key] = record
-        if version is None:
-            selector = (model_id, alias)
+        if version is None and id(record) not in self._selector_of:
             with self._lock:
-                self._selector_of[(model_id, record.version)] = selector
+                if len(self._selector_of) >= 4096:
+                    self._selector_of.clear()
+                self._selector_of[id(record)] = (record, (model_id, alias))
         return record
 
     async def resolve_async(
@@ -361,7 +364,8 @@ class PredictCore:
         return served
 
     async def _load_or_fallback(self, record: VersionRecord) -> _Served:
-        selector = self._selector_of.get((record.model_id, record.version))
+        entry = self._selector_of.get(id(record))
+        selector = entry[1] if entry is not None and entry[0] is record else None
         try:
             served = await self._served_for(record)
         except Exception:
