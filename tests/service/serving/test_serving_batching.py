@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,7 +88,7 @@ def test_a_failing_request_fails_alone() -> None:
     forward = Recorder(fail_on=99.0)
     batcher = Batcher(forward, max_rows=64, max_delay_s=0.005, macs_per_row=None)
 
-    async def run() -> list[np.ndarray | BaseException]:
+    async def run() -> list[Any]:
         good = [batcher.submit([_rows(2, i)]) for i in range(5)]
         bad = batcher.submit([np.full((1, 8), 99.0, "float32")])
         return await asyncio.gather(*good, bad, return_exceptions=True)

@@ -40,6 +40,7 @@ def setup(tmp_path: Path) -> tuple[PredictCore, ServingRegistry, Registry]:
     settings = Settings(data_dir=tmp_path / "data")
     upgrade_database(settings)
     mine = ServingRegistry.from_settings(settings)
+    assert isinstance(mine, ServingRegistry)
     # Another API process: its own Registry (and connections) on the same database and store.
     other = Registry.from_settings(settings)
     metrics = ServiceMetrics()
