@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from service.api.errors import is_protocol_path
 from service.api.guard import api_route_contexts, route_access
@@ -32,7 +33,7 @@ from service.settings import Settings
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 PROTOCOL_ERROR_REF = {"$ref": "#/components/schemas/ProtocolErrorBody"}
 # Bodies the V2 and TF Serving routes parse themselves (orjson) and reference by name.
-PROTOCOL_SCHEMAS = [
+PROTOCOL_SCHEMAS: list[type[BaseModel]] = [
     ProtocolErrorBody,
     V2InferenceRequest,
     V2InferenceResponse,
@@ -184,7 +185,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 operation["security"] = [{}, *operation["security"]]
             responses = operation.setdefault("responses", {})
             statuses = error_statuses(route, method, operation, auth)
-            protocol = is_protocol_path(context.path_format)
+            protocol = is_protocol_path(context.path_format or "")
             if protocol and 422 in statuses:
                 # The serving protocols answer 400 where the native API answers 422.
                 statuses = (statuses - {422}) | {400}
