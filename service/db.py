@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -143,6 +144,10 @@ def is_transient_db_error(exc: BaseException) -> bool:
     restart, a failover, a busy SQLite file), as opposed to a statement it refused."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
+    if isinstance(exc.__cause__ or getattr(exc, "orig", None), sqlite3.OperationalError):
+        # SQLite reports a bad statement ("no such column") as an OperationalError too; only a
+        # file busy with another writer may clear by itself.
+        return "locked" in str(exc) or "busy" in str(exc)
     return isinstance(exc, OperationalError | InterfaceError)
 
 
