@@ -98,7 +98,9 @@ def _allowed_methods(request: Request) -> str:
     route it matched (e.g. ``POST`` for ``/models``, which also answers ``GET``)."""
     methods: set[str] = set()
     for context in iter_route_contexts(request.app.routes):
-        if isinstance(context.original_route, APIRoute):
+        # Undocumented routes (the TF Serving verbs this server refuses) add no method.
+        route = context.original_route
+        if isinstance(route, APIRoute) and route.include_in_schema:
             match, _ = context.matches(request.scope)
             if match != Match.NONE:
                 methods |= set(context.methods or ())

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.deps import RegistryDep, require_read
@@ -25,6 +26,16 @@ from service.errors import VersionNotFound
 from service.serving import PredictCore
 from service.settings import Settings
 from service.versions import VersionRecord
+
+
+class _SegmentConvertor(StringConvertor):
+    """A path segment without a colon: ``{model_id}`` must not swallow ``name:predict``, or a
+    GET there would read as the status of a model named "name:predict"."""
+
+    regex = "[^/:]+"
+
+
+register_url_convertor("segment", _SegmentConvertor())
 
 router = APIRouter(
     prefix="/v1/models",
@@ -79,17 +90,25 @@ async def _predict(request: Request, record: VersionRecord) -> Response:
     return Response(codec.encode_response(decoded, prediction), media_type="application/json")
 
 
-@router.post("/{model_id}:predict", tags=["predict"], openapi_extra=_PREDICT_DOC)
+@router.post("/{model_id:segment}:predict", tags=["predict"], openapi_extra=_PREDICT_DOC)
 async def predict(request: Request, model_id: str) -> Response:
     return await _predict(request, _core(request).resolve(model_id))
 
 
-@router.post("/{model_id}/versions/{version}:predict", tags=["predict"], openapi_extra=_PREDICT_DOC)
+@router.post(
+    "/{model_id:segment}/versions/{version:segment}:predict",
+    tags=["predict"],
+    openapi_extra=_PREDICT_DOC,
+)
 async def predict_version(request: Request, model_id: str, version: VersionPath) -> Response:
     return await _predict(request, _core(request).resolve(model_id, version=version))
 
 
-@router.post("/{model_id}/labels/{label}:predict", tags=["predict"], openapi_extra=_PREDICT_DOC)
+@router.post(
+    "/{model_id:segment}/labels/{label:segment}:predict",
+    tags=["predict"],
+    openapi_extra=_PREDICT_DOC,
+)
 async def predict_label(request: Request, model_id: str, label: str) -> Response:
     return await _predict(request, _core(request).resolve(model_id, alias=label))
 
@@ -102,22 +121,25 @@ def _unsupported(verb: str) -> StarletteHTTPException:
     )
 
 
-# After the :predict routes (first match wins), before the status routes below, whose
-# {model_id} would otherwise swallow "name:verb".
-@router.post("/{model_id}:{verb}", include_in_schema=False)
-@router.post("/{model_id}/versions/{version}:{verb}", include_in_schema=False)
-@router.post("/{model_id}/labels/{label}:{verb}", include_in_schema=False)
+# After the :predict routes: first match wins. GET too, so that a GET of "name:verb" is not
+# read as the status of a model of that name.
+@router.api_route("/{model_id:segment}:{verb}", methods=["GET", "POST"], include_in_schema=False)
+@router.api_route(
+    "/{model_id:segment}/versions/{version:segment}:{verb}",
+    methods=["GET", "POST"],
+    include_in_schema=False,
+)
+@router.api_route(
+    "/{model_id:segment}/labels/{label:segment}:{verb}",
+    methods=["GET", "POST"],
+    include_in_schema=False,
+)
 def other_verb(model_id: str, verb: str) -> None:
+    if verb == "predict":
+        raise StarletteHTTPException(
+            405, detail="':predict' takes a POST with a JSON body", headers={"Allow": "POST"}
+        )
     raise _unsupported(verb)
-
-
-@router.get("/{model_id}:{verb}", include_in_schema=False)
-@router.get("/{model_id}/versions/{version}:{verb}", include_in_schema=False)
-@router.get("/{model_id}/labels/{label}:{verb}", include_in_schema=False)
-def get_verb(model_id: str, verb: str) -> None:
-    if verb != "predict":
-        raise _unsupported(verb)
-    raise StarletteHTTPException(405, detail="':predict' takes a POST with a JSON body")
 
 
 def _status(records: list[VersionRecord]) -> Any:
@@ -125,7 +147,7 @@ def _status(records: list[VersionRecord]) -> Any:
     return {"model_version_status": [codec.version_status(r.version, True) for r in records]}
 
 
-@router.get("/{model_id}", response_model=TFServingModelStatus)
+@router.get("/{model_id:segment}", response_model=TFServingModelStatus)
 def model_status(model_id: str, registry: RegistryDep) -> Any:
     versions = registry.get_model(model_id).versions
     if not versions:
@@ -133,12 +155,12 @@ def model_status(model_id: str, registry: RegistryDep) -> Any:
     return _status(list(reversed(versions)))
 
 
-@router.get("/{model_id}/versions/{version}", response_model=TFServingModelStatus)
+@router.get("/{model_id:segment}/versions/{version:segment}", response_model=TFServingModelStatus)
 def version_status(request: Request, model_id: str, version: VersionPath) -> Any:
     return _status([_core(request).resolve(model_id, version=version)])
 
 
-@router.get("/{model_id}/labels/{label}", response_model=TFServingModelStatus)
+@router.get("/{model_id:segment}/labels/{label:segment}", response_model=TFServingModelStatus)
 def label_status(request: Request, model_id: str, label: str) -> Any:
     return _status([_core(request).resolve(model_id, alias=label)])
 
@@ -147,16 +169,18 @@ def _metadata(request: Request, record: VersionRecord) -> Response:
     return _json(codec.metadata(_core(request).signature(record)))
 
 
-@router.get("/{model_id}/metadata", response_model=TFServingMetadata)
+@router.get("/{model_id:segment}/metadata", response_model=TFServingMetadata)
 def metadata(request: Request, model_id: str) -> Response:
     return _metadata(request, _core(request).resolve(model_id))
 
 
-@router.get("/{model_id}/versions/{version}/metadata", response_model=TFServingMetadata)
+@router.get(
+    "/{model_id:segment}/versions/{version:segment}/metadata", response_model=TFServingMetadata
+)
 def version_metadata(request: Request, model_id: str, version: VersionPath) -> Response:
     return _metadata(request, _core(request).resolve(model_id, version=version))
 
 
-@router.get("/{model_id}/labels/{label}/metadata", response_model=TFServingMetadata)
+@router.get("/{model_id:segment}/labels/{label:segment}/metadata", response_model=TFServingMetadata)
 def label_metadata(request: Request, model_id: str, label: str) -> Response:
     return _metadata(request, _core(request).resolve(model_id, alias=label))

@@ -121,7 +121,10 @@ def test_other_verbs_answer_clearly(served: Served) -> None:
     regress = _post(served, f"{DIGITS}/versions/1:regress", {"examples": []})
     assert regress.status_code == 404
     get = httpx.get(f"{served.api}/v1/models/{DIGITS}:predict", timeout=60)
-    assert get.status_code == 405 and "POST" in get.json()["error"]
+    assert get.status_code == 405 and get.headers["allow"] == "POST"
+    assert set(get.json()) == {"error"}
+    status = httpx.get(f"{served.api}/v1/models/{DIGITS}:status", timeout=60)
+    assert status.status_code == 404 and set(status.json()) == {"error"}
 
 
 HOSTILE: dict[str, object] = {
