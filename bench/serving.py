@@ -836,8 +836,8 @@ def _parse() -> argparse.Namespace:
     args = parser.parse_args()
     quick = args.quick
     args.concurrency = args.concurrency or ([1, 4] if quick else [1, 32])
-    args.duration = args.duration or (0.3 if quick else 6.0)
-    args.warmup = args.warmup if args.warmup is not None else (0.1 if quick else 1.5)
+    args.duration = args.duration or (0.3 if quick else 8.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.1 if quick else 2.0)
     args.epochs = args.epochs or (1 if quick else 5)
     args.skip_mlserver = args.skip_mlserver or quick
     if quick:
