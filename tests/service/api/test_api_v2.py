@@ -155,6 +155,7 @@ HOSTILE: dict[str, tuple[bytes, dict[str, str]]] = {
         {},
     ),
     "not an object": (b"[1, 2, 3]", {}),
+    "compressed body": (orjson.dumps({"inputs": [_tensor()]}), {"Content-Encoding": "gzip"}),
     "bad json": (b'{"inputs": [', {}),
     "deep json": (b"[" * 5000 + b"]" * 5000, {}),
     "no inputs": (b"{}", {}),
