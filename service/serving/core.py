@@ -397,6 +397,10 @@ class PredictCore:
             )
         return checked
 
+    def record_error(self, record: VersionRecord, exc: SpectralError) -> None:
+        """Counts a request a front end refused before `predict` (its wire format's decoding)."""
+        self.metrics.predictions.labels(record.model_id, str(record.version), exc.code).inc()
+
     async def predict(self, record: VersionRecord, arrays: list[np.ndarray]) -> Prediction:
         start = time.perf_counter()
         try:

@@ -19,7 +19,7 @@ from service.api.deps import ACCESS_OF_DEPENDENCY, CredentialsDep, require_read
 from service.api.limits import body_limit, load_json_limited
 from service.api.params import VersionPath
 from service.api.schemas import PredictRequest, PredictResponse
-from service.errors import InvalidInput
+from service.errors import InvalidInput, SpectralError
 from service.inference import validate_inputs
 from service.serving import PredictCore
 from service.tokens import Principal
@@ -76,7 +76,11 @@ def _inputs_of(payload: Any) -> Any:
 
 async def _serve(request: Request, record: VersionRecord, inputs: Any) -> Response:
     core: PredictCore = request.app.state.predict_core
-    arrays = validate_inputs(inputs, record.metadata["inputs"], core.predictor.max_batch)
+    try:
+        arrays = validate_inputs(inputs, record.metadata["inputs"], core.predictor.max_batch)
+    except SpectralError as exc:
+        core.record_error(record, exc)
+        raise
     prediction = await core.predict(record, arrays)
     outputs: Any
     if len(prediction.outputs) == 1:
