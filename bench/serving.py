@@ -726,6 +726,87 @@ def _targets(results: dict[str, list[dict[str, Any]]], top: int) -> list[dict[st
     return checks
 
 
+def summary_tables(payload: dict[str, Any]) -> str:
+    """The figures at a glance: batch 1 as ratios to the empty endpoint, batch 256 as rows/s."""
+    from bench.bench_output import markdown_table
+
+    results = payload["results"]
+    top = max(payload["config"]["concurrency"])
+    ours = [r for r in results["service"] if not r.get("client_check")]
+    empty = [r for r in ours if r["endpoint"].startswith("empty")]
+    empty1, empty_top = _row(empty, clients=1), _row(empty, clients=top)
+    naive_top = _row(results["naive"], clients=top)
+    ml_infer = [r for r in results["mlserver"] if "infer" in r["path"]]
+    ml_best = max((r["throughput_rps"] for r in ml_infer if r["clients"] == top), default=None)
+    servers: list[tuple[str, list[dict[str, Any]], dict[str, Any]]] = [
+        (name, ours, {"endpoint": name, "batch": 1})
+        for name in ("native JSON", "V2 JSON", "V2 binary", "TF Serving")
+    ]
+    servers.insert(0, ("empty endpoint (ours)", empty, {}))
+    servers.append(("naive `model.predict`", results["naive"], {}))
+    for server in ("mlserver", "mlserver (adaptive batching)"):
+        servers.append((f"{server}, V2 JSON", ml_infer, {"server": server}))
+
+    def cell(row: dict[str, Any] | None, key: str, base: dict[str, Any] | None, d: int) -> str:
+        if row is None:
+            return "n/a"
+        ratio = _ratio(row[key], None if base is None else base[key])
+        return f"{row[key]:.{d}f} ({_fmt(ratio, 2)}×)"
+
+    body = []
+    for label, rows, match in servers:
+        one, many = _row(rows, clients=1, **match), _row(rows, clients=top, **match)
+        body.append(
+            [
+                label,
+                cell(one, "p50_ms", empty1, 2),
+                cell(many, "throughput_rps", empty_top, 0),
+                cell(many, "p99_ms", empty_top, 1),
+                _fmt(_ratio2(many, naive_top, "throughput_rps"), 1),
+                _fmt(_ratio(None if many is None else many["throughput_rps"], ml_best), 2),
+                _fmt(None if many is None else many["server_cpu_ms_per_request"], 2),
+            ]
+        )
+    batch1 = markdown_table(
+        [
+            "batch 1",
+            "p50 ms, 1 client (× our empty)",
+            f"req/s, {top} clients (× our empty)",
+            f"p99 ms, {top} clients (× our empty)",
+            "× naive req/s",
+            "× MLServer's best req/s",
+            f"server CPU ms/req, {top} clients",
+        ],
+        body,
+    )
+    batched = [r for r in ours if r.get("batch", 0) > 1 and "rows_per_s" in r]
+    formats = ["native JSON", "V2 JSON", "V2 binary", "TF Serving"]
+    rows256 = []
+    for model in ("digits", "wide"):
+        found = {r["endpoint"]: r for r in batched if r["model"] == model}
+        binary = found.get("V2 binary")
+        cells = []
+        for name in formats:
+            row = found.get(name)
+            if row is None:
+                cells.append("n/a")
+                continue
+            versus = _ratio(binary["rows_per_s"], row["rows_per_s"]) if binary else None
+            note = "" if name == "V2 binary" else f" (binary {_fmt(versus, 1)}×)"
+            cells.append(f"{row['rows_per_s']:,.0f}{note}")
+        width = 64 if model == "digits" else 784
+        rows256.append([f"{model}, {BATCH_ROWS} × {width}", *cells])
+    batch256 = markdown_table([f"batch {BATCH_ROWS}, rows/s", *formats], rows256)
+    return batch1 + "\n" + batch256
+
+
+def _dirty_note(config: dict[str, Any]) -> str:
+    files = config.get("uncommitted_service_files")
+    if files is None:
+        return "not a git checkout"
+    return f"uncommitted in service/: {', '.join(files)}" if files else "service/ committed"
+
+
 def _markdown(payload: dict[str, Any]) -> str:
     from bench.bench_output import markdown_table
 
@@ -776,8 +857,9 @@ def _markdown(payload: dict[str, Any]) -> str:
     )
     parts = [
         "# Serving benchmark\n",
-        f"Revision {env['git_revision']}, {env['date_utc']}, {env['cpu_count']} CPUs shared by "
-        f"the clients and the servers ({env['keras_backend']} backend). Each row: "
+        f"Revision {env['git_revision']} ({_dirty_note(config)}), {env['date_utc']}, "
+        f"{env['cpu_count']} CPUs shared by the clients and the servers "
+        f"({env['keras_backend']} backend). Each row: "
         f"{config['warmup_s']} s warm-up, then {config['duration_s']} s measured; closed-loop "
         f"keep-alive connections driven by {config['client_processes']} client processes "
         "(asyncio + uvloop, requests encoded beforehand). Absolute numbers are pessimistic "
@@ -785,6 +867,8 @@ def _markdown(payload: dict[str, Any]) -> str:
         f"Server: `{config['service_command']}`. Empty endpoint: `GET /v2/health/live` of the "
         "same server. Batch-1 rows send one digit (64 floats) to the digits model "
         "(64 -> Spectral(64) -> Spectral(32) -> Dense(10)).\n",
+        "## Summary\n",
+        summary_tables(payload),
         "## Targets\n",
         target_table,
         "## Batch 1, our server\n",
@@ -982,6 +1066,7 @@ def main() -> None:
             "epochs": args.epochs,
             "service_command": "spectral api --port PORT (python -m service.cli api)",
             "service_env": {k: v for k, v in os.environ.items() if k.startswith("SPECTRAL_")},
+            "uncommitted_service_files": _uncommitted("service"),
             "client": "closed-loop keep-alive HTTP/1.1 connections, asyncio + uvloop in "
             f"{args.client_processes} processes, requests encoded beforehand",
         },
@@ -993,6 +1078,21 @@ def main() -> None:
     payload["targets"] = _targets(results, top)
     stem = "serving_quick" if args.quick else "serving"
     write_results(args.out_dir, stem, payload, _markdown(payload))
+
+
+def _uncommitted(path: str) -> list[str] | None:
+    """Files under ``path`` that differ from the recorded revision (what else the run served)."""
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--", path],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return [line[3:] for line in status.splitlines()]
 
 
 def _spawn() -> Any:
