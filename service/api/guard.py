@@ -65,6 +65,7 @@ def api_route_contexts(app: FastAPI) -> list[tuple[RouteContext, APIRoute]]:
 
 
 _MATCH_CACHE_SIZE = 4096
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _BINARY_HEADER = b"inference-header-content-length"
 
 
@@ -89,9 +90,11 @@ def _json_prefix(scope: Scope) -> tuple[bool, int | None]:
     return is_json, prefix
 
 
-def _takes_body(route: APIRoute) -> bool:
+def _takes_body(route: APIRoute, method: str) -> bool:
+    # Routes that read their raw body (the predict front ends decode it with orjson) declare no
+    # body field: every body-carrying method is checked, whatever the route declares.
     extra = route.openapi_extra or {}
-    return route.body_field is not None or "requestBody" in extra
+    return route.body_field is not None or "requestBody" in extra or method in _BODY_METHODS
 
 
 class RequestGuard:
@@ -141,7 +144,7 @@ class RequestGuard:
                 # the route (its tags say whether predict limits apply).
                 request = Request({**scope, **child}, receive)
                 scope.setdefault("state", {})["principal"] = authorize(request, level)
-            if _takes_body(route):
+            if _takes_body(route, scope["method"]):
                 is_json, prefix = _json_prefix(scope)
                 if is_json:
                     receive = await self._checked_json(scope, receive, settings, prefix)
