@@ -864,7 +864,9 @@ def _markdown(payload: dict[str, Any]) -> str:
         f"keep-alive connections driven by {config['client_processes']} client processes "
         "(asyncio + uvloop, requests encoded beforehand). Absolute numbers are pessimistic "
         "(the client takes CPU from the server); compare ratios.\n",
-        f"Server: `{config['service_command']}`. Empty endpoint: `GET /v2/health/live` of the "
+        f"Server: `{config['service_command']}`, `SPECTRAL_LOG_LEVEL="
+        f"{config['service_env'].get('SPECTRAL_LOG_LEVEL')}` (see the INFO section below). "
+        "Empty endpoint: `GET /v2/health/live` of the "
         "same server. Batch-1 rows send one digit (64 floats) to the digits model "
         "(64 -> Spectral(64) -> Spectral(32) -> Dense(10)).\n",
         "## Summary\n",
@@ -891,6 +893,14 @@ def _markdown(payload: dict[str, Any]) -> str:
         ]
     else:
         parts.append("MLServer: skipped (`--skip-mlserver`).\n")
+    if results.get("service_info_logging"):
+        parts += [
+            "## Our server at the default log level (INFO)\n",
+            "The rows above run `spectral api` with `SPECTRAL_LOG_LEVEL="
+            f"{config['service_env'].get('SPECTRAL_LOG_LEVEL')}`. At the default, INFO, every "
+            "request also writes an access-log line through the CLI's Rich handler:\n",
+            table(results["service_info_logging"]),
+        ]
     if check_rows:
         parts += [
             "## Client check\n",
@@ -915,6 +925,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--batch-clients", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument(
+        "--service-log-level",
+        default="WARNING",
+        help="SPECTRAL_LOG_LEVEL of our server (at INFO it logs every request; full runs also "
+        "measure that in a section of their own)",
+    )
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
@@ -995,7 +1011,12 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     top = max(args.concurrency)
     service_command = [sys.executable, "-m", "service.cli", "api", "--port"]
-    results: dict[str, list[dict[str, Any]]] = {"service": [], "naive": [], "mlserver": []}
+    results: dict[str, list[dict[str, Any]]] = {
+        "service": [],
+        "naive": [],
+        "mlserver": [],
+        "service_info_logging": [],
+    }
     workers = max(args.client_processes, 1 if args.quick else 4)
     with (
         tempfile.TemporaryDirectory() as tmp_name,
@@ -1003,7 +1024,11 @@ def main() -> None:
     ):
         tmp = Path(tmp_name)
         port, naive_port = _free_port(), _free_port()
-        env = {"SPECTRAL_DATA_DIR": str(tmp / "data"), "PYTHONPATH": str(REPO_ROOT)}
+        env = {
+            "SPECTRAL_DATA_DIR": str(tmp / "data"),
+            "PYTHONPATH": str(REPO_ROOT),
+            "SPECTRAL_LOG_LEVEL": args.service_log_level,
+        }
         digits_path, wide_path = tmp / "digits.keras", tmp / "wide.keras"
         naive_command = [sys.executable, "-m", "uvicorn", "bench.serving:naive_app", "--factory"]
         naive_command += ["--port", str(naive_port), "--log-level", "warning"]
@@ -1038,6 +1063,20 @@ def main() -> None:
                 plan, naive, [_naive(singles)], args.concurrency, digits, server="naive"
             )
 
+        if not args.quick and args.service_log_level != "INFO":
+            # The default level, INFO, writes one access-log line per request (uvicorn's logger
+            # through the CLI's Rich handler): what that costs, on the empty endpoint and V2 JSON.
+            info_env = {**env, "SPECTRAL_LOG_LEVEL": "INFO", "SPECTRAL_DATA_DIR": str(tmp / "d2")}
+            info_port = _free_port()
+            command = [*service_command, str(info_port)]
+            with _server(command, info_port, "/healthz", info_env, tmp / "api-info.log") as server:
+                server.command = "spectral api (INFO logging)"
+                _upload(server.url, "digits", digits_path)
+                logged = [_empty(), _v2_json("digits", singles, in_name, "V2 JSON")]
+                results["service_info_logging"] = _run_rows(
+                    plan, server, logged, args.concurrency, digits, server=server.command
+                )
+
         if not args.skip_mlserver:
             for batched in (False, True):
                 with _mlserver(digits_path, batched, tmp) as ml:
@@ -1065,7 +1104,10 @@ def main() -> None:
             "batch_rows": BATCH_ROWS,
             "epochs": args.epochs,
             "service_command": "spectral api --port PORT (python -m service.cli api)",
-            "service_env": {k: v for k, v in os.environ.items() if k.startswith("SPECTRAL_")},
+            "service_env": {
+                **{k: v for k, v in os.environ.items() if k.startswith("SPECTRAL_")},
+                "SPECTRAL_LOG_LEVEL": args.service_log_level,
+            },
             "uncommitted_service_files": _uncommitted("service"),
             "client": "closed-loop keep-alive HTTP/1.1 connections, asyncio + uvloop in "
             f"{args.client_processes} processes, requests encoded beforehand",
