@@ -84,15 +84,25 @@ def model_metadata(model: Any) -> dict[str, Any]:
     """Shapes, dtypes, parameter count and Spectral layers of a loaded Keras model."""
     import spectral
 
-    def describe(tensors: Any) -> list[dict[str, Any]]:
+    def describe(tensors: Any, names: list[str | None] | None = None) -> list[dict[str, Any]]:
+        if names is None:
+            names = [getattr(t, "name", None) for t in tensors]
         return [
             {
-                "name": getattr(t, "name", None),
+                "name": name,
                 "shape": [None if d is None else int(d) for d in t.shape],
                 "dtype": str(t.dtype),
             }
-            for t in tensors
+            for t, name in zip(tensors, names, strict=True)
         ]
+
+    def produced_by(tensor: Any) -> str | None:
+        # Output tensors carry generated names (keras_tensor_5); clients of the V2 and TF
+        # Serving metadata see the layer that produces each output instead, as
+        # Functional.output_names does (Sequential has no output_names).
+        history = getattr(tensor, "_keras_history", None)
+        operation = getattr(history, "operation", None)
+        return getattr(operation, "name", None) or getattr(tensor, "name", None)
 
     spectral_layers = [
         {"name": layer.name, "units": int(layer.units)}
@@ -102,7 +112,7 @@ def model_metadata(model: Any) -> dict[str, Any]:
     return {
         "keras_class": type(model).__name__,
         "inputs": describe(model.inputs),
-        "outputs": describe(model.outputs),
+        "outputs": describe(model.outputs, [produced_by(t) for t in model.outputs]),
         "input_names": input_names,
         "param_count": int(model.count_params()),
         "layer_count": len(model.layers),

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Adaptive batching: longest a request waits for others to share its forward "
         "pass, in ms; 0 coalesces only what is already waiting.",
     )
+    access_log: bool = Field(
+        default=True,
+        description="One plain-text log line per HTTP request (uvicorn's access log); false "
+        "drops it, as high-traffic deployments that log at the gateway do.",
+    )
     serving_refresh_s: float = Field(
         default=1.0,
         gt=0,

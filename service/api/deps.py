@@ -175,19 +175,22 @@ def _principal(request: Request, access: Access | Literal["metrics"]) -> Princip
 
 
 # The credentials parameter declares the bearer scheme in the OpenAPI; `identify` reads it.
-def require_write(request: Request, _credentials: CredentialsDep) -> Principal:
+# Coroutines on purpose: FastAPI runs a plain-function dependency on its thread pool, a hop that
+# cost predict more than its forward pass. None does I/O: the guard has already authorized and
+# left the principal on the request.
+async def require_write(request: Request, _credentials: CredentialsDep) -> Principal:
     """Writes need a token whenever SPECTRAL_API_TOKEN or SPECTRAL_TOKENS_FILE is set; a
     scoped token must have write access and cover the path's model."""
     return _principal(request, "write")
 
 
-def require_read(request: Request, _credentials: CredentialsDep) -> Principal:
+async def require_read(request: Request, _credentials: CredentialsDep) -> Principal:
     """Reads need a token only when SPECTRAL_PROTECT_READS is also true; a scoped token sees
     only its models whatever that setting."""
     return _principal(request, "read")
 
 
-def require_metrics_read(request: Request, _credentials: CredentialsDep) -> Principal:
+async def require_metrics_read(request: Request, _credentials: CredentialsDep) -> Principal:
     """Like reads, but on a guarded server only the admin token (metrics name every model)."""
     return _principal(request, "metrics")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,28 @@ def test_api_command_serves_on_the_given_port(tmp_path: Path) -> None:
         assert (tmp_path / "data" / "registry.db").is_file()
     finally:
         stop_api(api)
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_api_access_log_is_plain_text_and_can_be_turned_off(
+    tmp_path: Path, access_log: bool
+) -> None:
+    env = {"SPECTRAL_LOG_LEVEL": "INFO", "SPECTRAL_ACCESS_LOG": str(access_log).lower()}
+    api = launch_api(env, tmp_path)
+    try:
+        assert httpx.get(f"{api}/models/nope", timeout=10).status_code == 404
+    finally:
+        stop_api(api)
+    log = api.log_text()
+    lines = [line for line in log.splitlines() if '"GET /models/nope HTTP/1.1" 404' in line]
+    if not access_log:
+        assert lines == [], log[-2000:]
+        return
+    # One plain line (timestamp, client, request, status), not Rich's columns, which cost as
+    # much server CPU as a predict.
+    assert len(lines) == 1, log[-2000:]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} 127\.0\.0\.1:\d+ - ", lines[0])
+    assert "INFO" not in lines[0]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

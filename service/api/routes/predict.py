@@ -15,31 +15,19 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from service.api.deps import ACCESS_OF_DEPENDENCY, CredentialsDep, require_read
+from service.api.deps import require_read
 from service.api.limits import body_limit, load_json_limited
 from service.api.params import VersionPath
 from service.api.schemas import PredictRequest, PredictResponse
 from service.errors import InvalidInput, SpectralError
 from service.inference import validate_inputs
 from service.serving import PredictCore
-from service.tokens import Principal
 from service.versions import VersionRecord
-
-
-async def read_access(request: Request, credentials: CredentialsDep) -> Principal:
-    """`require_read` as a coroutine: FastAPI runs a plain-function dependency on its thread
-    pool, a hop that cost predict more than its forward pass. It does no I/O (the guard has
-    already authorized and left the principal on the request)."""
-    return require_read(request, credentials)
-
-
-# The guard reads each route's access level off its dependencies.
-ACCESS_OF_DEPENDENCY[read_access] = "read"
 
 router = APIRouter(
     prefix="/models",
     tags=["predict"],
-    dependencies=[Depends(read_access)],
+    dependencies=[Depends(require_read)],
     route_class=body_limit("max_request_bytes"),
 )
 

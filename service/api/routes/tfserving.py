@@ -92,7 +92,7 @@ async def _predict(request: Request, record: VersionRecord) -> Response:
 
 @router.post("/{model_id:segment}:predict", tags=["predict"], openapi_extra=_PREDICT_DOC)
 async def predict(request: Request, model_id: str) -> Response:
-    return await _predict(request, _core(request).resolve(model_id))
+    return await _predict(request, await _core(request).resolve_async(model_id))
 
 
 @router.post(
@@ -101,7 +101,7 @@ async def predict(request: Request, model_id: str) -> Response:
     openapi_extra=_PREDICT_DOC,
 )
 async def predict_version(request: Request, model_id: str, version: VersionPath) -> Response:
-    return await _predict(request, _core(request).resolve(model_id, version=version))
+    return await _predict(request, await _core(request).resolve_async(model_id, version=version))
 
 
 @router.post(
@@ -110,7 +110,7 @@ async def predict_version(request: Request, model_id: str, version: VersionPath)
     openapi_extra=_PREDICT_DOC,
 )
 async def predict_label(request: Request, model_id: str, label: str) -> Response:
-    return await _predict(request, _core(request).resolve(model_id, alias=label))
+    return await _predict(request, await _core(request).resolve_async(model_id, alias=label))
 
 
 def _unsupported(verb: str) -> StarletteHTTPException:
@@ -142,27 +142,36 @@ def other_verb(model_id: str, verb: str) -> None:
     raise _unsupported(verb)
 
 
-def _status(records: list[VersionRecord]) -> Any:
-    # A version that resolves is servable (it loads on first use), as TF Serving's AVAILABLE.
-    return {"model_version_status": [codec.version_status(r.version, True) for r in records]}
+def _status(request: Request, model_id: str, versions: list[int]) -> Any:
+    # A version that resolves is servable (it loads on first use), as TF Serving's AVAILABLE,
+    # unless this process failed to load it: then its reason is the status message.
+    core = _core(request)
+    entries = []
+    for version in versions:
+        status = core.status(model_id, version)
+        failed = status.state == "failed"
+        entries.append(
+            codec.version_status(version, not failed, (status.reason or "") if failed else "")
+        )
+    return {"model_version_status": entries}
 
 
 @router.get("/{model_id:segment}", response_model=TFServingModelStatus)
-def model_status(model_id: str, registry: RegistryDep) -> Any:
+def model_status(request: Request, model_id: str, registry: RegistryDep) -> Any:
     versions = registry.get_model(model_id).versions
     if not versions:
         raise VersionNotFound(f"Model {model_id!r} has no versions")
-    return _status(list(reversed(versions)))
+    return _status(request, model_id, [v.version for v in reversed(versions)])
 
 
 @router.get("/{model_id:segment}/versions/{version:segment}", response_model=TFServingModelStatus)
 def version_status(request: Request, model_id: str, version: VersionPath) -> Any:
-    return _status([_core(request).resolve(model_id, version=version)])
+    return _status(request, model_id, [_core(request).resolve(model_id, version=version).version])
 
 
 @router.get("/{model_id:segment}/labels/{label:segment}", response_model=TFServingModelStatus)
 def label_status(request: Request, model_id: str, label: str) -> Any:
-    return _status([_core(request).resolve(model_id, alias=label)])
+    return _status(request, model_id, [_core(request).resolve(model_id, alias=label).version])
 
 
 def _metadata(request: Request, record: VersionRecord) -> Response:

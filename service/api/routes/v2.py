@@ -121,9 +121,13 @@ def model_version_metadata(
 
 
 def _ready(request: Request, model_id: str, version: int | None) -> JSONResponse:
-    # A version that resolves is servable: it loads on first use. Unknown ones answer 404.
-    _core(request).resolve(model_id, version=version)
-    return JSONResponse({"name": model_id, "ready": True})
+    # A version that resolves is servable: it loads on first use, unless this process failed
+    # to load it. Unknown ones answer 404.
+    core = _core(request)
+    record = core.resolve(model_id, version=version)
+    ready = core.status(model_id, record.version).state != "failed"
+    # The protocol's health checks answer false with a 4xx (V2 clients read the status code).
+    return JSONResponse({"name": model_id, "ready": ready}, status_code=200 if ready else 400)
 
 
 @models.get("/models/{model_id}/ready")
@@ -153,7 +157,7 @@ async def _infer(request: Request, model_id: str, version: int | None) -> Respon
     )
     decoded = codec.decode_request(header, binary)
     core = _core(request)
-    record = core.resolve(model_id, version=version)
+    record = await core.resolve_async(model_id, version=version)
     signature = core.signature(record)
     codec.check_outputs(decoded, signature)
     check_same_batch(decoded.inputs)

@@ -14,9 +14,13 @@ from typing import Any
 import httpx
 import keras
 import numpy as np
+import pytest
 
+from service.artifacts import store_for
+from service.settings import Settings
 from spectral.layer import Spectral
 from tests.support.api import RunningApi
+from tests.support.s3 import overwrite_blob
 from tests.support.uploads import upload, upload_version
 
 
@@ -28,10 +32,14 @@ def _forwards(api: str, model: str) -> float:
     return sum(float(v) for v in found)
 
 
-def _other_model(tmp_path: Path) -> tuple[bytes, keras.Model]:
+def _other_model(tmp_path: Path, input_name: str | None = None) -> tuple[bytes, keras.Model]:
     keras.utils.set_random_seed(7)
     model = keras.Sequential(
-        [keras.Input((64,)), Spectral(20, activation="tanh", use_bias=True), Spectral(10)]
+        [
+            keras.Input((64,), name=input_name),
+            Spectral(20, activation="tanh", use_bias=True),
+            Spectral(10),
+        ]
     )
     path = tmp_path / "other.keras"
     model.save(path)
@@ -142,3 +150,69 @@ def test_versions_swap_under_load_without_errors(
     assert problems == []
     assert final["version"] == 3
     assert {v for v, _ in seen} <= {1, 2, 3} and len({v for v, _ in seen}) == 3
+
+
+def test_a_version_that_fails_to_load_says_so_in_every_protocol_while_the_previous_serves(
+    start_api: Callable[..., RunningApi],
+    model_bytes: bytes,
+    digits_model_path: Path,
+    digits_data: tuple[np.ndarray, np.ndarray],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = start_api()
+    client = httpx.Client(base_url=api, timeout=60)
+    local = keras.models.load_model(digits_model_path)
+    x = digits_data[0][:3].astype("float32").tolist()
+    assert upload(client, "flaky", model_bytes).status_code == 201
+    assert client.post("/models/flaky/predict", json={"inputs": x}).json()["version"] == 1
+    name = client.get("/v2/models/flaky/versions/1").json()["inputs"][0]["name"]
+    # A compatible next version: same input name (the V2 request is checked against it).
+    other, _ = _other_model(tmp_path, input_name=name)
+    assert upload_version(client, "flaky", other).status_code == 201
+    for key, value in api.env.items():
+        if key.startswith("SPECTRAL_"):
+            monkeypatch.setenv(key, value)
+    version_2 = client.get("/models/flaky/versions/2").json()
+    overwrite_blob(store_for(Settings(), "artifacts"), version_2["sha256"], b"rotten bytes")
+
+    # The default moved to version 2, which does not load: version 1 answers, exactly.
+    response = client.post("/v2/models/flaky/infer", json=_v2_body(name, x))
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == "1"
+    np.testing.assert_allclose(
+        response.json()["outputs"][0]["data"],
+        local.predict(np.array(x, "float32"), verbose=0).ravel(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # Asked for by number, version 2 fails, and every protocol's status says why.
+    assert (
+        client.post("/v2/models/flaky/versions/2/infer", json=_v2_body(name, x)).status_code >= 400
+    )
+    ready = client.get("/v2/models/flaky/versions/2/ready")
+    assert (ready.status_code, ready.json()["ready"]) == (400, False)
+    assert client.get("/v2/models/flaky/versions/1/ready").status_code == 200
+    states = {
+        s["version"]: s for s in client.get("/v1/models/flaky").json()["model_version_status"]
+    }
+    assert states["1"]["state"] == "AVAILABLE"
+    assert states["2"]["state"] == "UNKNOWN"
+    assert "failed its checksum" in states["2"]["status"]["error_message"]
+
+    # Outputs are named as the model names them, not by Keras's generated tensor names.
+    metadata = client.get("/v2/models/flaky/versions/1").json()
+    assert [o["name"] for o in metadata["outputs"]] == [local.layers[-1].name]
+
+
+def _v2_body(name: str, rows: list[list[float]]) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {
+                "name": name,
+                "shape": [len(rows), len(rows[0])],
+                "datatype": "FP32",
+                "data": [v for row in rows for v in row],
+            }
+        ]
+    }
