@@ -106,8 +106,11 @@ class Registry:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def create_model(self, name: str, data: bytes) -> VersionRecord:
-        """Registers a new model ``name`` with ``data`` as version 1.
+    def create_model(
+        self, name: str, data: bytes, *, serving: dict[str, Any] | None = None
+    ) -> VersionRecord:
+        """Registers a new model ``name`` with ``data`` as version 1; ``serving`` (batching
+        limits, `service.serving.batch_limits`) is kept in its metadata.
 
         Raises:
             InvalidInput: ``name`` is not a slug.
@@ -119,6 +122,8 @@ class Registry:
             if session.get(ModelRow, name) is not None:
                 raise ModelExists(f"Model {name!r} already exists; upload a new version instead")
         metadata = self.inspect(data)
+        if serving:
+            metadata["serving"] = serving
         sha256, size = self.store.put(data)
         now = utcnow()
         try:
@@ -148,6 +153,7 @@ class Registry:
         report: dict[str, Any] | None = None,
         report_png: bytes | None = None,
         promote_alias: str | None = None,
+        serving: dict[str, Any] | None = None,
     ) -> VersionRecord:
         """Adds the next version of ``model_id``; idempotent on ``job_id``.
 
@@ -157,6 +163,8 @@ class Registry:
         Args:
             promote_alias: Point this alias at the new version in the same transaction that
                 records it (a job's promotion gate passed), recorded as a "promotion" move.
+            serving: Batching limits kept in the version's metadata; by default a version
+                made from ``parent_version`` (a pruning job's) keeps its parent's.
 
         Raises:
             ModelNotFound: no such model.
@@ -170,8 +178,12 @@ class Registry:
         with self.database.session() as session:
             self._require_model(session, model_id)
             if parent_version is not None:
-                self._require_version(session, model_id, parent_version)
+                parent = self._require_version(session, model_id, parent_version)
+                if serving is None:
+                    serving = (parent.meta or {}).get("serving")
         metadata = self.inspect(data)
+        if serving:
+            metadata["serving"] = serving
         sha256, size = self.store.put(data)
         png_sha = self.store.put(report_png)[0] if report_png is not None else None
         for _ in range(_ADD_VERSION_ATTEMPTS):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,6 +54,14 @@ class Settings(BaseSettings):
         le=1000,
         description="Adaptive batching: longest a request waits for others to share its forward "
         "pass, in ms; 0 coalesces only what is already waiting.",
+    )
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        BeforeValidator(lambda value: value.upper() if isinstance(value, str) else value),
+    ] = Field(
+        default="INFO",
+        description="Level of the API's log (any case); INFO includes the access log's line "
+        "per request.",
     )
     access_log: bool = Field(
         default=True,

@@ -56,6 +56,11 @@ class VersionPublic(BaseModel):
     param_count: int
     spectral_layers: list[SpectralLayerPublic]
     spectral_units: int
+    serving: dict[str, Any] = Field(
+        default_factory=dict,
+        description="This version's own batching limits (max_batch_size rows, max_delay_ms), "
+        "set at upload or kept from the version a job pruned; empty: the server's defaults.",
+    )
 
     @classmethod
     def from_record(cls, record: VersionRecord) -> VersionPublic:
@@ -77,6 +82,7 @@ class VersionPublic(BaseModel):
             param_count=meta.get("param_count", 0),
             spectral_layers=[SpectralLayerPublic(**s) for s in meta.get("spectral_layers", [])],
             spectral_units=meta.get("spectral_units", 0),
+            serving=meta.get("serving") or {},
         )
 
 

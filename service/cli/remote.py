@@ -101,13 +101,23 @@ def _dump(model: Any) -> Any:
 def push(
     file: Annotated[Path, typer.Argument(help="A .keras model file.", show_default=False)],
     name: Annotated[str, typer.Option("--name", help="The model's name (a lowercase slug).")],
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="This version's batching limit in rows (1: no batching)."),
+    ] = None,
+    max_delay_ms: Annotated[
+        float | None,
+        typer.Option(min=0, max=1000, help="How long a forward waits for more rows, in ms."),
+    ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: Json = False,
 ) -> None:
     """Uploads FILE as a new model NAME (version 1), or as the next version of NAME."""
     with connect("push", url, token, as_json) as client:
-        version = client.push_model(file, name)
+        version = client.push_model(
+            file, name, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms
+        )
     if as_json:
         emit_json(_dump(version))
         return

@@ -31,11 +31,14 @@ if TYPE_CHECKING:
 SERVICE_EXTRA = 'pip install "spectral-pruning[service]"'
 
 
-def configure_logging() -> None:
+def configure_logging(level: str | None = None) -> None:
+    """Rich log lines, at ``level`` (the server commands pass `Settings.log_level`; the
+    library-only commands, which may run without the settings' dependencies, read
+    SPECTRAL_LOG_LEVEL themselves)."""
     from rich.logging import RichHandler
 
     logging.basicConfig(
-        level=os.environ.get("SPECTRAL_LOG_LEVEL", "INFO"),
+        level=level or os.environ.get("SPECTRAL_LOG_LEVEL", "INFO"),
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
@@ -137,11 +140,11 @@ def serve(
     with _needs_service_extra("serve"):
         from service.db import upgrade_database
         from service.settings import Settings
-    configure_logging()
     if data_dir is not None:
         # The factory reads settings from the environment in each uvicorn process.
         os.environ["SPECTRAL_DATA_DIR"] = str(data_dir)
     settings = Settings()
+    configure_logging(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     console.print(
         f"[bold]spectral serve[/]: data in {settings.data_dir.resolve()}, "
@@ -196,8 +199,8 @@ def api(
     with _needs_service_extra("api"):
         from service.settings import Settings
 
-        configure_logging()
         settings = Settings()
+        configure_logging(settings.log_level)
         # As in `serve`: a re-raised SIGTERM would end the process before the metrics
         # directory is removed.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)

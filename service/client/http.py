@@ -117,21 +117,38 @@ class Client:
     def version(self, name: str, version: int) -> VersionPublic:
         return self._get(VersionPublic, f"/models/{name}/versions/{version}")
 
-    def push_model(self, path: str | Path, name: str) -> VersionPublic:
-        """Uploads a ``.keras`` file: a new model ``name`` (version 1), or its next version."""
+    def push_model(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        max_batch_size: int | None = None,
+        max_delay_ms: float | None = None,
+    ) -> VersionPublic:
+        """Uploads a ``.keras`` file: a new model ``name`` (version 1), or its next version.
+
+        ``max_batch_size`` and ``max_delay_ms`` set the version's own adaptive batching limits
+        (default: the server's)."""
         path = Path(path)
         exists = self._exists(f"/models/{name}")
+        limits: dict[str, Any] = {}
+        if max_batch_size is not None:
+            limits["max_batch_size"] = str(max_batch_size)
+        if max_delay_ms is not None:
+            limits["max_delay_ms"] = str(max_delay_ms)
         with path.open("rb") as file:
             files = {"file": (path.name, file, "application/octet-stream")}
             try:
                 if not exists:
-                    response = self._request("POST", "/models", files=files, data={"name": name})
+                    response = self._request(
+                        "POST", "/models", files=files, data={"name": name, **limits}
+                    )
                     return VersionPublic.model_validate(response.json())
             except ApiError as error:
                 # Another pipeline created it between the two requests: this is its next version.
                 if error.code != "model_exists":
                     raise
-            response = self._request("POST", f"/models/{name}/versions", files=files)
+            response = self._request("POST", f"/models/{name}/versions", files=files, data=limits)
         return VersionPublic.model_validate(response.json())
 
     def resolve(self, name: str, *, version: int | None = None, alias: str | None = None) -> int:

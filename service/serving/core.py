@@ -114,8 +114,8 @@ class ServingRegistry(Registry):
         for listener in getattr(self, "listeners", []):
             listener(model_id)
 
-    def create_model(self, name: str, data: bytes) -> VersionRecord:
-        record = super().create_model(name, data)
+    def create_model(self, name: str, data: bytes, **kwargs: Any) -> VersionRecord:
+        record = super().create_model(name, data, **kwargs)
         self._changed(name)
         return record
 

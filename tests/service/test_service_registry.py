@@ -117,6 +117,21 @@ def test_unknown_model_and_version(registry: Registry, model_bytes: bytes) -> No
         registry.add_version("digits", model_bytes, parent_version=9)
 
 
+def test_serving_limits_are_kept_and_inherited_by_pruned_versions(
+    registry: Registry, model_bytes: bytes
+) -> None:
+    limits = {"max_batch_size": 4, "max_delay_ms": 0.5}
+    assert (
+        registry.create_model("digits", model_bytes, serving=limits).metadata["serving"] == limits
+    )
+    # A job's version (made from a parent) keeps the parent's limits; an upload does not.
+    pruned = registry.add_version("digits", model_bytes, parent_version=1, job_id="job-s")
+    assert pruned.metadata["serving"] == limits
+    assert "serving" not in registry.add_version("digits", model_bytes).metadata
+    own = registry.add_version("digits", model_bytes, parent_version=1, serving={"max_delay_ms": 0})
+    assert own.metadata["serving"] == {"max_delay_ms": 0}
+
+
 def test_lineage_report_and_job_id_idempotency(registry: Registry, model_bytes: bytes) -> None:
     registry.create_model("digits", model_bytes)
     lineage = {"job_id": "job-1", "method": "percentile", "params": {"percentile": 50}}

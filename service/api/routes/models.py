@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile, status
 from fastapi.responses import JSONResponse, Response
@@ -33,6 +33,35 @@ router = APIRouter(
 ReadAuth = [Depends(require_read)]
 WriteAuth = [Depends(require_write)]
 
+MaxBatchSizeForm = Annotated[
+    int | None,
+    Form(
+        ge=1,
+        le=65536,
+        description="This version's adaptive batching limit in rows (default: the server's "
+        "SPECTRAL_BATCH_MAX_ROWS). 1 turns batching off for it.",
+    ),
+]
+MaxDelayForm = Annotated[
+    float | None,
+    Form(
+        ge=0,
+        le=1000,
+        description="How long, in ms, a forward waits for more rows of this version (default: "
+        "the server's SPECTRAL_BATCH_MAX_DELAY_MS).",
+    ),
+]
+
+
+def serving_limits(max_batch_size: int | None, max_delay_ms: float | None) -> dict[str, Any]:
+    """A version's own batching limits, as `service.serving.batch_limits` reads them."""
+    limits: dict[str, Any] = {}
+    if max_batch_size is not None:
+        limits["max_batch_size"] = max_batch_size
+    if max_delay_ms is not None:
+        limits["max_delay_ms"] = max_delay_ms
+    return limits
+
 
 @router.post(
     "", status_code=status.HTTP_201_CREATED, response_model=VersionPublic, dependencies=WriteAuth
@@ -51,12 +80,18 @@ def create_model(
             max_length=100,
         ),
     ],
+    max_batch_size: MaxBatchSizeForm = None,
+    max_delay_ms: MaxDelayForm = None,
 ) -> VersionPublic:
     """Registers a new model; the upload becomes version 1."""
     if not principal.sees(name):
         # 403 whether or not the name is taken, so the answer tells nothing about other models.
         raise Forbidden("This token may not create a model with this name")
-    record = registry.create_model(name, read_model_upload(file, settings))
+    record = registry.create_model(
+        name,
+        read_model_upload(file, settings),
+        serving=serving_limits(max_batch_size, max_delay_ms),
+    )
     response.headers["Location"] = f"/models/{record.model_id}/versions/{record.version}"
     return VersionPublic.from_record(record)
 
@@ -86,9 +121,15 @@ def add_version(
     settings: SettingsDep,
     response: Response,
     file: Annotated[UploadFile, File(description="A .keras model file.")],
+    max_batch_size: MaxBatchSizeForm = None,
+    max_delay_ms: MaxDelayForm = None,
 ) -> VersionPublic:
     """Uploads the next version of a model."""
-    record = registry.add_version(model_id, read_model_upload(file, settings))
+    record = registry.add_version(
+        model_id,
+        read_model_upload(file, settings),
+        serving=serving_limits(max_batch_size, max_delay_ms),
+    )
     response.headers["Location"] = f"/models/{record.model_id}/versions/{record.version}"
     return VersionPublic.from_record(record)
 

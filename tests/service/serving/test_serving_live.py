@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from service.artifacts import store_for
+from service.client import Client
 from service.settings import Settings
 from spectral.layer import Spectral
 from tests.support.api import RunningApi
@@ -94,6 +95,52 @@ def test_concurrent_requests_are_batched_split_exactly_and_fail_alone(
         'spectral_predict_batch_rows_bucket{le="256.0",model="batched"'
         in httpx.get(f"{api}/metrics").text
     )
+
+
+def test_a_version_uploaded_with_its_own_limits_is_batched_by_them(
+    start_api: Callable[..., RunningApi],
+    digits_model_path: Path,
+    digits_data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    api = start_api({"SPECTRAL_BATCH_MAX_DELAY_MS": "20", "SPECTRAL_BATCH_MAX_ROWS": "64"})
+    with Client(api) as client:  # the project's client, as `spectral push --max-batch-size`
+        solo = client.push_model(digits_model_path, "solo", max_batch_size=1, max_delay_ms=0)
+        shared = client.push_model(digits_model_path, "shared")
+    assert (solo.serving, shared.serving) == ({"max_batch_size": 1, "max_delay_ms": 0.0}, {})
+    x = digits_data[0][:1].astype("float32").tolist()
+
+    def burst(model: str) -> float:
+        with httpx.Client(base_url=api, timeout=60) as warm:
+            assert warm.post(f"/models/{model}/predict", json={"inputs": x}).status_code == 200
+        before = _forwards(api, model)
+
+        def call(_: int) -> int:
+            with httpx.Client(base_url=api, timeout=60) as c:
+                return c.post(f"/models/{model}/predict", json={"inputs": x}).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(call, range(16))) == {200}
+        return _forwards(api, model) - before
+
+    assert burst("solo") == 16  # one row per forward: never merged
+    assert burst("shared") < 16  # the server's 64 rows / 20 ms merge the same burst
+
+
+def test_bad_serving_limits_are_refused_at_upload(
+    start_api: Callable[..., RunningApi], model_bytes: bytes
+) -> None:
+    api = start_api()
+    files = {"file": ("m.keras", model_bytes, "application/zip")}
+    with httpx.Client(base_url=api, timeout=60) as client:
+        for field, value in [
+            ("max_batch_size", "0"),
+            ("max_delay_ms", "1e9"),
+            ("max_batch_size", "x"),
+        ]:
+            response = client.post("/models", data={"name": "m", field: value}, files=files)
+            assert response.status_code == 422, response.text
+            assert field in response.text
+        assert client.get("/models/m").status_code == 404
 
 
 def test_versions_swap_under_load_without_errors(
