@@ -181,8 +181,12 @@ def fold(model: Any) -> FoldedForward | None:
     if str(getattr(inputs[0], "dtype", "float32")) != "float32":
         return None
     layers = list(model.layers)
-    # A chain: every layer after the first has exactly one inbound layer, the one before it.
-    for previous, layer in zip(layers, layers[1:], strict=False):
+    # A Sequential model is a chain by definition. Its layers cannot be checked through their
+    # inbound nodes: a loaded Sequential's inner layers hold 2 or 3 (it is built more than
+    # once while loading). Other models: every layer after the first has exactly one inbound
+    # layer, the one before it.
+    chained = layers[1:] if type(model).__name__ != "Sequential" else []
+    for previous, layer in zip(layers, chained, strict=False):
         nodes = getattr(layer, "_inbound_nodes", [])
         if len(nodes) != 1:
             return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -69,6 +71,29 @@ def test_a_pruned_library_model_folds_exactly() -> None:
     pruned = prune_percentile(_randomized(model), 40)
     assert pruned.layers[0].units < 24
     _assert_exact(pruned, 30)
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+def test_models_loaded_from_keras_files_fold_exactly(kind: str, tmp_path: Path) -> None:
+    # What the service folds: a model loaded from its .keras file, not the one in memory. A
+    # loaded Sequential's inner layers carry several inbound nodes (regression: such models,
+    # the quick-start's among them, were served through Keras instead).
+    layers = [
+        Spectral(48, activation="relu", use_bias=True),
+        Spectral(32, activation="tanh", use_bias=True),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ]
+    if kind == "sequential":
+        model = keras.Sequential([keras.Input((64,), name="pixels"), *layers])
+    else:
+        x = inputs = keras.Input((64,), name="pixels")
+        for layer in layers:
+            x = layer(x)
+        model = keras.Model(inputs, x)
+    path = tmp_path / "m.keras"
+    _randomized(model).save(path)
+    _assert_exact(keras.models.load_model(path), 64)
 
 
 def test_what_cannot_be_folded_is_left_to_keras() -> None:
