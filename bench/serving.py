@@ -898,7 +898,8 @@ def _markdown(payload: dict[str, Any]) -> str:
             "## Our server at the default log level (INFO)\n",
             "The rows above run `spectral api` with `SPECTRAL_LOG_LEVEL="
             f"{config['service_env'].get('SPECTRAL_LOG_LEVEL')}`. At the default, INFO, every "
-            "request also writes an access-log line through the CLI's Rich handler:\n",
+            "request also writes a plain-text access-log line (uvicorn's, through the "
+            "standard library):\n",
             table(results["service_info_logging"]),
         ]
     if check_rows:
@@ -1064,8 +1065,8 @@ def main() -> None:
             )
 
         if not args.quick and args.service_log_level != "INFO":
-            # The default level, INFO, writes one access-log line per request (uvicorn's logger
-            # through the CLI's Rich handler): what that costs, on the empty endpoint and V2 JSON.
+            # The default level, INFO, writes one plain-text access-log line per request
+            # (uvicorn's logger): what that costs, on the empty endpoint and V2 JSON.
             info_env = {**env, "SPECTRAL_LOG_LEVEL": "INFO", "SPECTRAL_DATA_DIR": str(tmp / "d2")}
             info_port = _free_port()
             command = [*service_command, str(info_port)]

@@ -47,17 +47,30 @@ def embedded_url(url: str) -> str:
     return f"{EMBEDDED_ALIAS}+{url.removeprefix('sqla+')}"
 
 
+def broker_transport_options(settings: Settings) -> dict[str, float]:
+    options: dict[str, float] = {
+        # Embedded SQLite broker: how often an idle worker looks for a message.
+        "polling_interval": settings.broker_polling_interval_s,
+        # Redis re-delivers an unacknowledged message after this; it must outlast a job.
+        "visibility_timeout": max(3600, settings.job_time_limit_s + 60),
+    }
+    timeout = settings.broker_visibility_timeout_s
+    if timeout is not None:
+        # The consumer scans for unacknowledged messages every interval x throttle seconds
+        # (kombu: 10 x 10); scan as often as the timeout asks, so a re-delivery happens when
+        # configured.
+        options["visibility_timeout"] = timeout
+        options["unacked_restore_interval"] = max(1.0, min(10.0, timeout / 2))
+        options["unacked_restore_throttle"] = 1
+    return options
+
+
 def celery_config(settings: Settings) -> dict[str, object]:
     """The Celery configuration for these settings, the same for senders and workers."""
     return {
         "broker_url": embedded_url(settings.resolved_broker_url),
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            # Embedded SQLite broker: how often an idle worker looks for a message.
-            "polling_interval": settings.broker_polling_interval_s,
-            # Redis re-delivers an unacknowledged message after this; it must outlast a job.
-            "visibility_timeout": max(3600, settings.job_time_limit_s + 60),
-        },
+        "broker_transport_options": broker_transport_options(settings),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

@@ -33,17 +33,6 @@ def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     celery = Celery("spectral")
     celery.conf.update(celery_config(settings))
-    if settings.broker_visibility_timeout_s is not None:
-        # Redis re-delivers a message still unacknowledged after the timeout. The consumer
-        # scans for such messages every interval x throttle seconds (kombu: 10 x 10); scan
-        # as often as the timeout asks, so a re-delivery happens when configured.
-        timeout = settings.broker_visibility_timeout_s
-        celery.conf.broker_transport_options = {
-            **celery.conf.broker_transport_options,
-            "visibility_timeout": timeout,
-            "unacked_restore_interval": max(1.0, min(10.0, timeout / 2)),
-            "unacked_restore_throttle": 1,
-        }
     return celery
 
 

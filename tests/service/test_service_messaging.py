@@ -32,6 +32,13 @@ def test_config_follows_settings(tmp_path: Path) -> None:
     redis = celery_config(Settings(broker_url="redis://127.0.0.1:6379/3", job_time_limit_s=7200))
     assert redis["broker_url"] == "redis://127.0.0.1:6379/3"
     assert redis["broker_transport_options"]["visibility_timeout"] > 7200  # type: ignore[index]
+    # A set timeout reaches senders and workers alike, with a restore scan frequent enough.
+    short = celery_config(
+        Settings(broker_url="redis://127.0.0.1:6379/3", broker_visibility_timeout_s=4)
+    )
+    options = short["broker_transport_options"]
+    assert options["visibility_timeout"] == 4  # type: ignore[index]
+    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 4  # type: ignore[index]
 
 
 def test_importing_the_app_has_no_side_effects(tmp_path: Path) -> None:
