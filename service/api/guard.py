@@ -15,7 +15,8 @@ content type) is N bytes of JSON followed by raw tensor bytes: only those N byte
 and an N that is not a number within the body is refused with 400.
 
 Route matches are cached per (method, path) in a bounded dict, so the route list is scanned
-once per distinct URL rather than once per request.
+once per distinct URL rather than once per request. A route marked `service.api.direct.direct`
+whose body the guard has read and checked is then called directly, without FastAPI's routing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import ACCESS_OF_DEPENDENCY, authorize
+from service.api.direct import direct_arguments, dispatch
 from service.api.errors import error_response
 from service.api.limits import check_json_limits, too_large
 from service.errors import InvalidJSON, SpectralError
@@ -138,6 +140,7 @@ class RequestGuard:
         scope["route"] = route
         level = self._levels.setdefault(id(route), route_access(route))
         settings: Settings = scope["app"].state.settings
+        body_checked = False
         try:
             if level is not None:
                 # The router sets the same keys again; authorize reads the path params and
@@ -148,8 +151,13 @@ class RequestGuard:
                 is_json, prefix = _json_prefix(scope)
                 if is_json:
                     receive = await self._checked_json(scope, receive, settings, prefix)
+                    body_checked = True
         except SpectralError as exc:
             await error_response(exc)(scope, receive, send)
+            return
+        arguments = direct_arguments(route, child) if body_checked else None
+        if arguments is not None:
+            await dispatch(route, arguments, {**scope, **child}, receive, send)
             return
         await self.app(scope, receive, send)
 

@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.api.deps import require_read
+from service.api.direct import direct
 from service.api.limits import body_limit, load_json_limited
 from service.api.params import VersionPath
 from service.api.schemas import PredictRequest, PredictResponse
@@ -90,6 +91,7 @@ def _query_inputs(request: Request, inputs: str) -> Any:
 
 
 @router.post("/{model_id}/predict", response_model=PredictResponse, openapi_extra=_BODY)
+@direct
 async def predict_post(model_id: str, request: Request) -> Response:
     core: PredictCore = request.app.state.predict_core
     record = await core.resolve_async(model_id)
@@ -106,6 +108,7 @@ async def predict_get(model_id: str, inputs: InputsQuery, request: Request) -> R
 @router.post(
     "/{model_id}/versions/{version}/predict", response_model=PredictResponse, openapi_extra=_BODY
 )
+@direct
 async def predict_version_post(model_id: str, version: VersionPath, request: Request) -> Response:
     core: PredictCore = request.app.state.predict_core
     record = await core.resolve_async(model_id, version=version)

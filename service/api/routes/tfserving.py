@@ -17,6 +17,7 @@ from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.deps import RegistryDep, require_read
+from service.api.direct import direct
 from service.api.limits import body_limit, check_json_limits
 from service.api.params import VersionPath
 from service.api.protocols import check_same_batch
@@ -91,6 +92,7 @@ async def _predict(request: Request, record: VersionRecord) -> Response:
 
 
 @router.post("/{model_id:segment}:predict", tags=["predict"], openapi_extra=_PREDICT_DOC)
+@direct
 async def predict(request: Request, model_id: str) -> Response:
     return await _predict(request, await _core(request).resolve_async(model_id))
 
@@ -100,6 +102,7 @@ async def predict(request: Request, model_id: str) -> Response:
     tags=["predict"],
     openapi_extra=_PREDICT_DOC,
 )
+@direct
 async def predict_version(request: Request, model_id: str, version: VersionPath) -> Response:
     return await _predict(request, await _core(request).resolve_async(model_id, version=version))
 
@@ -109,6 +112,7 @@ async def predict_version(request: Request, model_id: str, version: VersionPath)
     tags=["predict"],
     openapi_extra=_PREDICT_DOC,
 )
+@direct
 async def predict_label(request: Request, model_id: str, label: str) -> Response:
     return await _predict(request, await _core(request).resolve_async(model_id, alias=label))
 

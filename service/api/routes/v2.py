@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.api.deps import RegistryDep, require_read
+from service.api.direct import direct
 from service.api.limits import body_limit, check_json_limits
 from service.api.params import VersionPath
 from service.api.protocols import check_same_batch
@@ -173,6 +174,7 @@ async def _infer(request: Request, model_id: str, version: int | None) -> Respon
 
 
 @models.post("/models/{model_id}/infer", tags=["predict"], openapi_extra=_INFER_DOC)
+@direct
 async def infer(request: Request, model_id: str) -> Response:
     """Predicts with the default version (alias ``production``, else the latest)."""
     return await _infer(request, model_id, None)
@@ -181,6 +183,7 @@ async def infer(request: Request, model_id: str) -> Response:
 @models.post(
     "/models/{model_id}/versions/{version}/infer", tags=["predict"], openapi_extra=_INFER_DOC
 )
+@direct
 async def infer_version(request: Request, model_id: str, version: VersionPath) -> Response:
     return await _infer(request, model_id, version)
 

@@ -50,7 +50,9 @@ def _infer(
 ) -> np.ndarray:
     inp = httpclient.InferInput("pixels", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
-    meta = triton.get_model_metadata(model)
+    # Output names are the model's own (its output layers'), so each version has its own: ask
+    # the version that will answer, as a client pinning a version does.
+    meta = triton.get_model_metadata(model, model_version=version)
     out_name = meta["outputs"][0]["name"]
     out = httpclient.InferRequestedOutput(out_name, binary_data=binary)
     result = triton.infer(model, [inp], model_version=version, outputs=[out])

@@ -102,28 +102,36 @@ def test_a_version_uploaded_with_its_own_limits_is_batched_by_them(
     digits_model_path: Path,
     digits_data: tuple[np.ndarray, np.ndarray],
 ) -> None:
-    api = start_api({"SPECTRAL_BATCH_MAX_DELAY_MS": "20", "SPECTRAL_BATCH_MAX_ROWS": "64"})
+    api = start_api({"SPECTRAL_BATCH_MAX_DELAY_MS": "50", "SPECTRAL_BATCH_MAX_ROWS": "64"})
     with Client(api) as client:  # the project's client, as `spectral push --max-batch-size`
         solo = client.push_model(digits_model_path, "solo", max_batch_size=1, max_delay_ms=0)
         shared = client.push_model(digits_model_path, "shared")
     assert (solo.serving, shared.serving) == ({"max_batch_size": 1, "max_delay_ms": 0.0}, {})
     x = digits_data[0][:1].astype("float32").tolist()
+    clients = [httpx.Client(base_url=api, timeout=60) for _ in range(16)]
 
     def burst(model: str) -> float:
-        with httpx.Client(base_url=api, timeout=60) as warm:
-            assert warm.post(f"/models/{model}/predict", json={"inputs": x}).status_code == 200
+        for c in clients:  # connected and the version loaded before the burst
+            assert c.post(f"/models/{model}/predict", json={"inputs": x}).status_code == 200
         before = _forwards(api, model)
+        start = threading.Barrier(len(clients))
 
-        def call(_: int) -> int:
-            with httpx.Client(base_url=api, timeout=60) as c:
-                return c.post(f"/models/{model}/predict", json={"inputs": x}).status_code
+        def call(c: httpx.Client) -> int:
+            start.wait()
+            return c.post(f"/models/{model}/predict", json={"inputs": x}).status_code
 
-        with ThreadPoolExecutor(16) as pool:
-            assert set(pool.map(call, range(16))) == {200}
+        with ThreadPoolExecutor(len(clients)) as pool:
+            assert set(pool.map(call, clients)) == {200}
         return _forwards(api, model) - before
 
-    assert burst("solo") == 16  # one row per forward: never merged
-    assert burst("shared") < 16  # the server's 64 rows / 20 ms merge the same burst
+    try:
+        assert burst("solo") == 16  # one row per forward: never merged
+        # The server's limits (64 rows, 50 ms) merge such a burst; a loaded machine may
+        # spread one out, so it gets three tries.
+        assert any(burst("shared") < 16 for _ in range(3))
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_bad_serving_limits_are_refused_at_upload(
