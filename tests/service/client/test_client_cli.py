@@ -19,6 +19,12 @@ import pytest
 from tests.support.api import REPO_ROOT, RunningApi, child_env, find_free_port
 
 
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and a Python started so never raises
+    # KeyboardInterrupt: the CLI under test must see Ctrl-C whatever launched the suite.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spectral(
     api: str, *args: str, timeout: float = 60, **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -116,6 +122,7 @@ def test_ctrl_c_with_cancel_on_interrupt_cancels_the_job(api: RunningApi, pushed
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 30
     while "queued" not in (line := waiting.stderr.readline()):  # it is polling
@@ -137,6 +144,7 @@ def test_ctrl_c_without_a_terminal_leaves_the_job(api: RunningApi, pushed: str) 
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,  # nobody to ask: the job is left alone
         text=True,
+        preexec_fn=_default_sigint,
     )
     deadline = time.monotonic() + 30
     while "queued" not in (line := waiting.stderr.readline()):
@@ -161,6 +169,7 @@ def test_on_a_terminal_wait_draws_a_bar_and_ctrl_c_asks_before_cancelling(
         stdout=terminal,
         stderr=terminal,
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
     os.close(terminal)
     seen = b""
