@@ -59,30 +59,44 @@ def test_concurrent_requests_are_batched_split_exactly_and_fail_alone(
     local = keras.models.load_model(digits_model_path)
     x = digits_data[0].astype("float32")
     client.post("/models/batched/predict", json={"inputs": x[:1].tolist()})  # loads it
-    before = _forwards(api, "batched")
+    clients = [httpx.Client(base_url=api, timeout=60) for _ in range(32)]
+    for c in clients:  # connected before the burst, so that it arrives at once
+        assert c.get("/healthz").status_code == 200
 
-    def call(i: int) -> tuple[int, Any, np.ndarray]:
-        rows = x[i : i + 1 + i % 4]
-        body: Any = {"inputs": rows.tolist()}
-        if i % 8 == 5:
-            body = {"inputs": rows[:, :63].tolist()}  # a bad request in the burst
-        with httpx.Client(base_url=api, timeout=60) as c:
-            response = c.post("/models/batched/predict", json=body)
-        return i, response, rows
+    def burst() -> float:
+        before = _forwards(api, "batched")
+        start = threading.Barrier(len(clients))
 
-    with ThreadPoolExecutor(32) as pool:
-        results = list(pool.map(call, range(32)))
-    for i, response, rows in results:
-        if i % 8 == 5:
-            assert response.status_code == 422, response.text
-            assert "expected shape [-1, 64]" in response.json()["error"]["message"]
-            continue
-        assert response.status_code == 200, response.text
-        np.testing.assert_allclose(
-            response.json()["outputs"], local.predict(rows, verbose=0), rtol=1e-5, atol=1e-6
-        )
-    forwards = _forwards(api, "batched") - before
-    assert 1 <= forwards < 28  # 28 good requests shared fewer forwards
+        def call(i: int) -> tuple[int, Any, np.ndarray]:
+            rows = x[i : i + 1 + i % 4]
+            body: Any = {"inputs": rows.tolist()}
+            if i % 8 == 5:
+                body = {"inputs": rows[:, :63].tolist()}  # a bad request in the burst
+            start.wait()
+            return i, clients[i].post("/models/batched/predict", json=body), rows
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            results = list(pool.map(call, range(len(clients))))
+        for i, response, rows in results:
+            if i % 8 == 5:
+                assert response.status_code == 422, response.text
+                assert "expected shape [-1, 64]" in response.json()["error"]["message"]
+                continue
+            assert response.status_code == 200, response.text
+            np.testing.assert_allclose(
+                response.json()["outputs"], local.predict(rows, verbose=0), rtol=1e-5, atol=1e-6
+            )
+        return _forwards(api, "batched") - before
+
+    try:
+        # 28 good requests share fewer forwards; a loaded machine may spread one burst out, so
+        # it gets three tries (every try's answers are checked).
+        merged = [burst() for _ in range(3)]
+        assert all(forwards >= 1 for forwards in merged)
+        assert min(merged) < 28, merged
+    finally:
+        for c in clients:
+            c.close()
 
     # Past the row limit: alone, and still right.
     big = x[:200]
